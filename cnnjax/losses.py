@@ -1,0 +1,118 @@
+"""Softmax, log-softmax and the classification losses, numerically stable for any finite logits.
+
+Legend: logits_K one example's class scores (any leading batch dims ...K work too); labels are
+integer class ids (shape ...) or probability targets (shape ...K, one-hot or soft).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _shift(logits):
+    """The per-row max, as a constant: softmax(z) = softmax(z - c) for any c, so subtracting
+    the max changes nothing but keeps every exp() <= 1 (no overflow). A row whose max is
+    +-inf is shifted by 0 instead, so -inf entries give exp(-inf) = 0, not NaN."""
+    m = jnp.max(logits, axis=-1, keepdims=True)
+    return jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
+
+
+def softmax(logits):
+    """p_k = exp(z_k - max z) / sum_j exp(z_j - max z), over the last axis."""
+    e = jnp.exp(logits - _shift(logits))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def log_softmax(logits):
+    """log p_k = (z_k - m) - log sum_j exp(z_j - m), m = max z (the log-sum-exp trick)."""
+    shifted = logits - _shift(logits)
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def _is_integer(labels) -> bool:
+    return jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer)
+
+
+def _check_label_range(labels, num_classes: int):
+    """Out-of-range integer labels are an error when their values are known (not traced)."""
+    try:
+        values = np.asarray(labels)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for logits with {num_classes} classes, "
+            f"got values from {values.min()} to {values.max()}"
+        )
+
+
+def target_distribution(logits, labels, label_smoothing: float = 0.0):
+    """The probability target q for the logits: one_hot(labels) for integer labels, else the
+    given probabilities; with smoothing a, q = (1 - a) q + a / K."""
+    num_classes = logits.shape[-1]
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if _is_integer(labels):
+        if jnp.shape(labels) != logits.shape[:-1]:
+            raise ValueError(
+                f"integer labels must have shape {logits.shape[:-1]} for logits of shape "
+                f"{logits.shape}, got {jnp.shape(labels)}"
+            )
+        _check_label_range(labels, num_classes)
+        target = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    else:
+        if jnp.shape(labels) != logits.shape:
+            raise ValueError(
+                f"probability targets must have the logits' shape {logits.shape}, "
+                f"got {jnp.shape(labels)} (integer class ids need an integer dtype)"
+            )
+        target = jnp.asarray(labels, logits.dtype)
+    if label_smoothing:
+        target = (1.0 - label_smoothing) * target + label_smoothing / num_classes
+    return target
+
+
+def cross_entropy(logits, labels, *, label_smoothing: float = 0.0):
+    """Per-example cross-entropy from logits: L = -sum_k q_k log softmax(z)_k.
+
+    Args:
+      logits: shape (..., K), any float dtype.
+      labels: integer class ids, shape (...), or probability targets, shape (..., K).
+      label_smoothing: a in [0, 1]; the target becomes (1 - a) q + a / K.
+    Returns:
+      Losses of shape (...): one per example, not averaged.
+    """
+    target = target_distribution(logits, labels, label_smoothing)
+    log_p = log_softmax(logits)
+    # 0 * log 0 counts as 0: a class with no target mass may have probability 0 (-inf logit).
+    log_p = jnp.where(target > 0, log_p, 0.0)
+    return -jnp.sum(target * log_p, axis=-1)
+
+
+def binary_cross_entropy(logits, labels):
+    """Per-element binary cross-entropy from logits z and targets y in [0, 1]:
+
+        -[y log sigmoid(z) + (1 - y) log(1 - sigmoid(z))] = max(z, 0) - z y + log(1 + exp(-|z|))
+
+    The right-hand form never exponentiates a positive number, so it is exact for any finite z.
+    """
+    if jnp.shape(labels) != jnp.shape(logits):
+        raise ValueError(
+            f"labels must have the logits' shape {jnp.shape(logits)}, got {jnp.shape(labels)}"
+        )
+    labels = jnp.asarray(labels, jnp.result_type(logits))
+    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+
+
+def accuracy(logits, labels):
+    """Fraction of examples whose arg-max class is the label (integer ids or one-hot/soft)."""
+    if not _is_integer(labels):
+        labels = jnp.argmax(labels, axis=-1)
+    if jnp.shape(labels) != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {logits.shape[:-1]} for logits of shape {logits.shape}, "
+            f"got {jnp.shape(labels)}"
+        )
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
