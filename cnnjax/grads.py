@@ -1,0 +1,342 @@
+"""Hand-derived backward passes: each layer's rule beside its derivation, custom_vjp twins that
+make jax.grad use the rules, and backprop through a whole network spec.
+
+Legend: x_HWC a layer's input (one example), dy_* the gradient of the loss w.r.t. the layer's
+output (the "error"), dx_* w.r.t. its input; s = stride, xpad = x with its padding; H' x W' is
+the output size. Every rule here is checked against jax.grad and against finite differences
+(cnnjax.gradcheck, tests/test_grads.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cnnjax import losses, models, ops
+
+_DIMS = ("NHWC", "HWIO", "NHWC")
+
+# --------------------------------------------------------------------------- window plumbing
+
+
+def _window_taps(xpad_HWC, window_hw, stride_hw, out_hw):
+    """For each window offset (m, n), row-major, the inputs it reads: tap[i, j] = xpad[i*s + m,
+    j*s + n]. A pool is then a reduction over the kh*kw taps."""
+    taps = []
+    for m in range(window_hw[0]):
+        for n in range(window_hw[1]):
+            limit = (m + (out_hw[0] - 1) * stride_hw[0] + 1, n + (out_hw[1] - 1) * stride_hw[1] + 1)
+            taps.append(
+                lax.slice(xpad_HWC, (m, n, 0), (*limit, xpad_HWC.shape[2]), (*stride_hw, 1))
+            )
+    return taps
+
+
+def _scatter_taps(tap_grads, window_hw, stride_hw, padded_hw):
+    """The transpose of `_window_taps`: sum each offset's gradient back onto the input positions
+    it read (dxpad[i*s + m, j*s + n] += g_mn[i, j]); overlapping windows accumulate."""
+    dxpad, k = 0.0, 0
+    for m in range(window_hw[0]):
+        for n in range(window_hw[1]):
+            g = tap_grads[k]
+            k += 1
+            config = [
+                (off, size - off - (out - 1) * s - 1, s - 1)  # (low, high, interior) zeros
+                for off, size, out, s in zip((m, n), padded_hw, g.shape[:2], stride_hw, strict=True)
+            ]
+            dxpad = dxpad + lax.pad(g, jnp.zeros((), g.dtype), (*config, (0, 0, 0)))
+    return dxpad
+
+
+def _crop(dxpad_HWC, pads, in_hw):
+    """Drop the gradient that fell on padding: it belongs to no input."""
+    (top, _), (left, _) = pads
+    return dxpad_HWC[top : top + in_hw[0], left : left + in_hw[1]]
+
+
+def _pool_geometry(x_HWC, window, stride, padding):
+    out_shape = ops.pool_shape(x_HWC.shape, window, stride, padding)
+    window_hw = ops.as_pair(window, "window")
+    stride_hw = window_hw if stride is None else ops.as_pair(stride, "stride")
+    pads = ops.explicit_padding(x_HWC.shape[:2], window_hw, stride_hw, padding)
+    return window_hw, stride_hw, pads, out_shape
+
+
+# --------------------------------------------------------------------------- layer rules
+
+
+def relu_vjp(x, dy):
+    """y = max(x, 0), so dy/dx = 1 where x > 0 and 0 where x <= 0 (0 at the kink, as jax.grad of
+    ops.relu): dx = dy * [x > 0]."""
+    return jnp.where(x > 0, dy, jnp.zeros_like(dy))
+
+
+def dense_vjp(x_I, w_IO, dy_O):
+    """y_o = sum_i x_i w_io + b_o, so
+
+        dL/dx_i = sum_o w_io dy_o  (dx = w dy),  dL/dw_io = x_i dy_o  (an outer product),
+        dL/db_o = dy_o.
+
+    Returns (dx_I, dw_IO, db_O)."""
+    return w_IO @ dy_O, jnp.outer(x_I, dy_O), dy_O
+
+
+def flatten_vjp(x_HWC, dy_F):
+    """Flatten only renumbers: flat index f = h*W*C + w*C + c, so dx[h, w, c] = dy[f]."""
+    return jnp.reshape(dy_F, x_HWC.shape)
+
+
+def cross_entropy_vjp(logits_K, labels, *, label_smoothing=0.0):
+    """L = -sum_k q_k log p_k with p = softmax(z). Since d log p_k / dz_j = [k = j] - p_j,
+
+        dL/dz_j = -q_j + p_j sum_k q_k = p_j - q_j     (the target q sums to 1).
+
+    Args as `losses.cross_entropy` (q: one-hot, soft, or smoothed). Returns dL/dz, per example."""
+    target = losses.target_distribution(logits_K, labels, label_smoothing)
+    return losses.softmax(logits_K) - target
+
+
+def conv2d_vjp(x_HWC, w_HWIO, dy_HWO, *, stride=1, padding="VALID"):
+    """y[i, j, o] = sum_{m, n, c} xpad[i*s + m, j*s + n, c] w[m, n, c, o] + b[o]. Then
+
+    dL/db[o] = sum_{i, j} dy[i, j, o].
+
+    dL/dw[m, n, c, o] = sum_{i, j} xpad[i*s + m, j*s + n, c] dy[i, j, o]: the input correlated
+    with the error, the error dilated by the stride (s - 1 zeros between its entries).
+
+    dL/dxpad[p, q, c] = sum over (i, m) with i*s + m = p (likewise q) of dy[i, j, o] w[m, n, c, o]
+    = sum_{m, n, o} dyd[p - m, q - n, o] w[m, n, c, o] with dyd the stride-dilated error: a full
+    convolution of dyd with the kernel, i.e. dyd padded by k - 1 on each side and correlated with
+    the kernel flipped in space and transposed (I <-> O). Rows that no window reached (a VALID
+    stride that does not divide) get zero; then the padding is cropped off.
+
+    Returns (dx_HWC, dw_HWIO, db_O)."""
+    ops.conv2d_shape(x_HWC.shape, w_HWIO.shape, stride=stride, padding=padding)
+    (kh, kw), stride_hw = w_HWIO.shape[:2], ops.as_pair(stride, "stride")
+    pads = ops.explicit_padding(x_HWC.shape[:2], (kh, kw), stride_hw, padding)
+    (ho, wo), (sh, sw) = dy_HWO.shape[:2], stride_hw
+    used_h, used_w = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # xpad rows/cols some window reads
+    xpad = jnp.pad(x_HWC, (*pads, (0, 0)))
+
+    db_O = jnp.sum(dy_HWO, axis=(0, 1))
+
+    # Input channels play the batch, the error plays the kernel (dilated by the stride).
+    dw_HWIO = lax.conv_general_dilated(
+        xpad[:used_h, :used_w, :, None], dy_HWO[:, :, None, :], window_strides=(1, 1),
+        padding="VALID", rhs_dilation=stride_hw, dimension_numbers=("HWNC", "HWIO", "HWNC"),
+    )  # fmt: skip
+
+    extra_h, extra_w = xpad.shape[0] - used_h, xpad.shape[1] - used_w
+    zero = jnp.zeros((), dy_HWO.dtype)
+    dyd_full = lax.pad(
+        dy_HWO,
+        zero,
+        ((kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1), (0, 0, 0)),
+    )
+    w_flipped_HWOI = jnp.flip(w_HWIO, axis=(0, 1)).transpose(0, 1, 3, 2)
+    dxpad = lax.conv_general_dilated(
+        dyd_full[None], w_flipped_HWOI, (1, 1), "VALID", dimension_numbers=_DIMS
+    )[0]
+    return _crop(dxpad, pads, x_HWC.shape[:2]), dw_HWIO, db_O
+
+
+def max_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
+    """y[i, j, c] = max_{m, n} xpad[i*s + m, j*s + n, c]: dy/dx is 1 at the window's arg-max and
+    0 elsewhere, so each output's error goes to its arg-max; overlapping windows accumulate;
+    inputs no window reaches (an odd last row) get 0.
+
+    Ties: the first arg-max in row-major window order takes the whole error, the others 0. This is
+    jax.grad's policy (XLA's select-and-scatter with a >= selector), and ties are common: ReLU
+    makes plateaus of zeros. Padding is -inf, so it is never the arg-max."""
+    window_hw, stride_hw, pads, out_shape = _pool_geometry(x_HWC, window, stride, padding)
+    xpad = jnp.pad(x_HWC, (*pads, (0, 0)), constant_values=-jnp.inf)
+    taps = _window_taps(xpad, window_hw, stride_hw, out_shape[:2])
+    y = functools.reduce(jnp.maximum, taps)
+    taken = jnp.zeros(y.shape, bool)
+    tap_grads = []
+    for tap in taps:  # row-major order: the first tap that holds the max wins
+        winner = (tap == y) & ~taken
+        taken = taken | winner
+        tap_grads.append(jnp.where(winner, dy_HWC, jnp.zeros_like(dy_HWC)))
+    dxpad = _scatter_taps(tap_grads, window_hw, stride_hw, xpad.shape[:2])
+    return _crop(dxpad, pads, x_HWC.shape[:2])
+
+
+def avg_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID", count_include_pad=True):
+    """y[i, j, c] = (1 / d_ij) sum_{m, n} xpad[i*s + m, j*s + n, c], with d the window size (or
+    the count of real inputs in the window): each input of the window gets dy / d."""
+    window_hw, stride_hw, pads, _ = _pool_geometry(x_HWC, window, stride, padding)
+    divisor = ops.pool_divisor(x_HWC.shape, window_hw, stride_hw, pads, count_include_pad)
+    share = dy_HWC / divisor
+    padded_hw = tuple(s + lo + hi for s, (lo, hi) in zip(x_HWC.shape[:2], pads, strict=True))
+    dxpad = _scatter_taps([share] * (window_hw[0] * window_hw[1]), window_hw, stride_hw, padded_hw)
+    return _crop(dxpad, pads, x_HWC.shape[:2])
+
+
+# --------------------------------------------------------------------------- custom_vjp twins
+# The same forward ops, with jax.grad routed through the rules above. nondiff args (strides,
+# windows, paddings) are hashable Python values; a None bias stays None in the cotangent.
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _conv2d(x, w, b, stride, padding):
+    return ops.conv2d(x, w, b, stride=stride, padding=padding)
+
+
+def _conv2d_fwd(x, w, b, stride, padding):
+    return _conv2d(x, w, b, stride, padding), (x, w, b)
+
+
+def _conv2d_bwd(stride, padding, residuals, dy):
+    x, w, b = residuals
+    dx, dw, db = conv2d_vjp(x, w, dy, stride=stride, padding=padding)
+    return dx, dw, None if b is None else db
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def conv2d(x_HWC, w_HWIO, b_O=None, *, stride=1, padding="VALID"):
+    """ops.conv2d whose gradient is conv2d_vjp."""
+    return _conv2d(x_HWC, w_HWIO, b_O, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, padding):
+    return ops.max_pool(x, window, stride, padding)
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    return _max_pool(x, window, stride, padding), x
+
+
+def _max_pool_bwd(window, stride, padding, x, dy):
+    return (max_pool_vjp(x, dy, window=window, stride=stride, padding=padding),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x_HWC, window, stride=None, padding="VALID"):
+    """ops.max_pool whose gradient is max_pool_vjp."""
+    return _max_pool(x_HWC, window, stride, padding)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _avg_pool(x, window, stride, padding, count_include_pad):
+    return ops.avg_pool(x, window, stride, padding, count_include_pad=count_include_pad)
+
+
+def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
+    return _avg_pool(x, window, stride, padding, count_include_pad), x
+
+
+def _avg_pool_bwd(window, stride, padding, count_include_pad, x, dy):
+    kwargs = dict(window=window, stride=stride, padding=padding)
+    return (avg_pool_vjp(x, dy, **kwargs, count_include_pad=count_include_pad),)
+
+
+_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+
+
+def avg_pool(x_HWC, window, stride=None, padding="VALID", *, count_include_pad=True):
+    """ops.avg_pool whose gradient is avg_pool_vjp."""
+    return _avg_pool(x_HWC, window, stride, padding, count_include_pad)
+
+
+@jax.custom_vjp
+def relu(x):
+    """ops.relu whose gradient is relu_vjp."""
+    return ops.relu(x)
+
+
+relu.defvjp(lambda x: (ops.relu(x), x), lambda x, dy: (relu_vjp(x, dy),))
+
+
+@jax.custom_vjp
+def _dense(x, w, b):
+    return ops.dense(x, w, b)
+
+
+def _dense_bwd(residuals, dy):
+    x, w, b = residuals
+    dx, dw, db = dense_vjp(x, w, dy)
+    return dx, dw, None if b is None else db
+
+
+_dense.defvjp(lambda x, w, b: (_dense(x, w, b), (x, w, b)), _dense_bwd)
+
+
+def dense(x_I, w_IO, b_O=None):
+    """ops.dense whose gradient is dense_vjp."""
+    return _dense(x_I, w_IO, b_O)
+
+
+@jax.custom_vjp
+def flatten(x_HWC):
+    """ops.flatten whose gradient is flatten_vjp."""
+    return ops.flatten(x_HWC)
+
+
+flatten.defvjp(lambda x: (ops.flatten(x), x), lambda x, dy: (flatten_vjp(x, dy),))
+
+HAND_DERIVED = models.LayerFns(conv2d, max_pool, avg_pool, relu, dense, flatten)
+
+
+# --------------------------------------------------------------------------- whole network
+
+
+def layer_vjp(layer: models.Layer, p, x, dy):
+    """One layer's rule: (dx, dparams) with dparams None for layers without params."""
+    match layer:
+        case models.Conv():
+            dx, dw, db = conv2d_vjp(x, p["kernel"], dy, stride=layer.stride, padding=layer.padding)
+            return dx, {"kernel": dw, "bias": db}
+        case models.Dense():
+            dx, dw, db = dense_vjp(x, p["kernel"], dy)
+            return dx, {"kernel": dw, "bias": db}
+        case models.MaxPool():
+            return max_pool_vjp(x, dy, window=layer.window, stride=layer.stride,
+                                padding=layer.padding), None  # fmt: skip
+        case models.AvgPool():
+            return avg_pool_vjp(x, dy, window=layer.window, stride=layer.stride,
+                                padding=layer.padding,
+                                count_include_pad=layer.count_include_pad), None  # fmt: skip
+        case models.ReLU():
+            return relu_vjp(x, dy), None
+        case models.Flatten():
+            return flatten_vjp(x, dy), None
+    raise TypeError(f"unknown layer {layer!r}")
+
+
+def example_value_and_grad(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
+    """One example's loss and its gradient by backprop: run the layers forward keeping each
+    layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse."""
+    layer_ps = models.layer_params(params, spec)
+    inputs, h = [], x_HWC
+    for layer, p in zip(spec, layer_ps, strict=True):
+        inputs.append(h)
+        h = models.layer_apply(layer, p, h)
+    loss = losses.cross_entropy(h, label, label_smoothing=label_smoothing)
+    dy = cross_entropy_vjp(h, label, label_smoothing=label_smoothing)
+    grads = {}
+    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
+    for layer, p, name, x_in in reversed(list(steps)):
+        dy, dparams = layer_vjp(layer, p, x_in, dy)
+        if name is not None:
+            grads[name] = dparams
+    return loss, grads
+
+
+def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
+    """The batch-mean loss and its gradient by manual backprop: the same (loss, grads) pytree as
+    jax.value_and_grad(models.loss)(params, x_NHWC, labels_N, spec), for any spec."""
+    per_example = jax.vmap(
+        lambda x, y: example_value_and_grad(params, x, y, spec, label_smoothing=label_smoothing)
+    )
+    losses_N, grads_N = per_example(x_NHWC, labels_N)
+    n = x_NHWC.shape[0]
+    return jnp.mean(losses_N), jax.tree.map(lambda g: jnp.sum(g, axis=0) / n, grads_N)
