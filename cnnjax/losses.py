@@ -103,7 +103,11 @@ def binary_cross_entropy(logits, labels):
             f"labels must have the logits' shape {jnp.shape(logits)}, got {jnp.shape(labels)}"
         )
     labels = jnp.asarray(labels, jnp.result_type(logits))
-    return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    # max(z, 0) and |z| both take their z >= 0 branch at z = 0, so their kinks cancel and the
+    # gradient there is sigmoid(0) - y (jnp.maximum splits a tie 1/2-1/2 and would give -y).
+    nonneg = logits >= 0
+    relu_z, abs_z = jnp.where(nonneg, logits, 0.0), jnp.where(nonneg, logits, -logits)
+    return relu_z - logits * labels + jnp.log1p(jnp.exp(-abs_z))
 
 
 def accuracy(logits, labels):

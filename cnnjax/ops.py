@@ -21,7 +21,10 @@ _DIMS = ("NHWC", "HWIO", "NHWC")  # one example is lifted to a batch of one for 
 
 def as_pair(value, name: str) -> Pair:
     """An int or a pair of ints >= 1 (a stride or a window) as a pair."""
-    pair = (value, value) if isinstance(value, int) else tuple(value)
+    try:
+        pair = (value, value) if isinstance(value, int) else tuple(value)
+    except TypeError:  # e.g. a float: not iterable, reported below with the argument's name
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < 1:
@@ -175,6 +178,8 @@ def avg_pool(x_HWC, window, stride=None, padding: Padding = "VALID", *, count_in
     `count_include_pad=False`, which divides by the number of real inputs (as Flax does)."""
     window_hw, stride_hw, pads = _pool_args(x_HWC, window, stride, padding)
     divisor = pool_divisor(x_HWC.shape, window_hw, stride_hw, pads, count_include_pad)
+    # the counts are exact small integers in any dtype; casting keeps the output in x's dtype
+    divisor = jnp.asarray(divisor, x_HWC.dtype)
     return window_sum(x_HWC, window_hw, stride_hw, pads) / divisor
 
 
