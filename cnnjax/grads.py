@@ -169,7 +169,9 @@ def avg_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID", count_i
     """y[i, j, c] = (1 / d_ij) sum_{m, n} xpad[i*s + m, j*s + n, c], with d the window size (or
     the count of real inputs in the window): each input of the window gets dy / d."""
     window_hw, stride_hw, pads, _ = _pool_geometry(x_HWC, window, stride, padding)
-    divisor = ops.pool_divisor(x_HWC.shape, window_hw, stride_hw, pads, count_include_pad)
+    divisor = ops.pool_divisor(
+        x_HWC.shape, dy_HWC.dtype, window_hw, stride_hw, pads, count_include_pad
+    )
     share = dy_HWC / divisor
     padded_hw = tuple(s + lo + hi for s, (lo, hi) in zip(x_HWC.shape[:2], pads, strict=True))
     dxpad = _scatter_taps([share] * (window_hw[0] * window_hw[1]), window_hw, stride_hw, padded_hw)

@@ -177,9 +177,7 @@ def avg_pool(x_HWC, window, stride=None, padding: Padding = "VALID", *, count_in
     """Mean over each window, per channel. Padding counts as zeros in the mean unless
     `count_include_pad=False`, which divides by the number of real inputs (as Flax does)."""
     window_hw, stride_hw, pads = _pool_args(x_HWC, window, stride, padding)
-    divisor = pool_divisor(x_HWC.shape, window_hw, stride_hw, pads, count_include_pad)
-    # the counts are exact small integers in any dtype; casting keeps the output in x's dtype
-    divisor = jnp.asarray(divisor, x_HWC.dtype)
+    divisor = pool_divisor(x_HWC.shape, x_HWC.dtype, window_hw, stride_hw, pads, count_include_pad)
     return window_sum(x_HWC, window_hw, stride_hw, pads) / divisor
 
 
@@ -188,12 +186,13 @@ def window_sum(x_HWC, window_hw: Pair, stride_hw: Pair, pads):
     return lax.reduce_window(x_HWC, 0.0, lax.add, (*window_hw, 1), (*stride_hw, 1), (*pads, (0, 0)))
 
 
-def pool_divisor(x_shape, window_hw: Pair, stride_hw: Pair, pads, count_include_pad: bool):
-    """avg_pool's denominator: the window size, or per window the count of real inputs."""
+def pool_divisor(x_shape, dtype, window_hw: Pair, stride_hw: Pair, pads, count_include_pad: bool):
+    """avg_pool's denominator in `dtype`: the window size, or per window the count of real
+    inputs (small integers, exact in any float dtype)."""
     if count_include_pad or pads == ((0, 0), (0, 0)):
-        return float(window_hw[0] * window_hw[1])
-    ones_HW1 = jnp.ones((*x_shape[:2], 1))
-    return window_sum(ones_HW1, window_hw, stride_hw, pads)  # exact small integers in any dtype
+        return jnp.asarray(window_hw[0] * window_hw[1], dtype)
+    ones_HW1 = jnp.ones((*x_shape[:2], 1), dtype)
+    return window_sum(ones_HW1, window_hw, stride_hw, pads)
 
 
 def relu(x):

@@ -229,3 +229,13 @@ def test_value_and_grad_equals_jax_value_and_grad(spec, shape):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         scale = float(jnp.max(jnp.abs(w))) + 1e-30
         assert float(jnp.max(jnp.abs(g - w))) / scale < F32_TOL
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_pool_vjps_keep_float32_with_x64_enabled(include):
+    with jax.enable_x64(True):
+        x, dy = jnp.ones((5, 5, 2), jnp.float32), jnp.ones((3, 3, 2), jnp.float32)
+        kwargs = dict(window=3, stride=2, padding=((1, 1), (1, 1)))
+        dx = grads.avg_pool_vjp(x, dy, **kwargs, count_include_pad=include)
+        dx_max = grads.max_pool_vjp(x, dy, **kwargs)
+    assert dx.dtype == jnp.float32 and dx_max.dtype == jnp.float32
