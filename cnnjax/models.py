@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cnnjax import losses, ops
+from cnnjax import losses, ops, report
 
 # --------------------------------------------------------------------------- layer descriptions
 
@@ -292,5 +292,4 @@ def summary(spec: Spec, input_shape) -> str:
         total += count
         rows.append((name or type(layer).__name__.lower(), str(shape), f"{count:,}"))
     rows.append(("total", "", f"{total:,}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}" for a, b, c in rows)
+    return report.format_table(("layer", "output shape", "params"), rows, right=(2,))

@@ -14,11 +14,12 @@ STDLIB_OK = {"__future__", "collections", "dataclasses", "functools", "math", "t
 ALLOWED_INTERNAL = {
     "ops": set(),
     "losses": set(),
-    "models": {"ops", "losses"},
+    "models": {"ops", "losses", "report"},
     "grads": {"ops", "losses", "models"},
-    "gradcheck": {"ops", "losses", "models", "grads"},
-    "flax_models": {"ops", "losses", "models"},
+    "gradcheck": {"ops", "losses", "models", "grads", "report"},
+    "flax_models": {"ops", "losses", "models", "report"},
     "data": set(),
+    "report": set(),
 }
 # The math modules import only jax and numpy (plus the standard library above).
 PURE_MATH = {"ops", "losses", "models", "grads"}

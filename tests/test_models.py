@@ -80,7 +80,8 @@ def assert_trees_close(actual, expected, rtol=F32_RTOL, atol=F32_ATOL):
 def parse_summary(text):
     """Rows of (name, shape string, parameter count) from `models.summary`."""
     rows = []
-    for line in text.splitlines():
+    assert text.splitlines()[0].split() == ["layer", "output", "shape", "params"]
+    for line in text.splitlines()[1:]:
         fields = re.split(r"\s{2,}", line.strip())
         name, shape = fields[0], fields[1] if len(fields) == 3 else ""
         rows.append((name, shape, int(fields[-1].replace(",", ""))))

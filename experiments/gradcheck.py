@@ -1,0 +1,41 @@
+"""Check every hand-derived gradient rule against jax autodiff and finite differences.
+
+    python -m experiments.gradcheck [--config configs/gradcheck.py] [--config.seed=1]
+
+Prints one row per check and dtype (the worst case of each; every case with
+--config.all_rows=True), the failing cases, and a summary; exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cnnjax import gradcheck
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/gradcheck.py")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # no INFO lines from jax's start-up
+    config = _CONFIG.value
+    start = time.perf_counter()
+    rows = gradcheck.run_all(
+        config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases
+    )
+    seconds = time.perf_counter() - start
+    print(gradcheck.format_table(rows if config.all_rows else gradcheck.aggregate(rows)))
+    failed = [row for row in rows if not row.passed]
+    if failed and not config.all_rows:
+        print("\nfailed cases:\n" + gradcheck.format_table(failed))
+    print(f"\n{gradcheck.summary(rows)}\nwall time {seconds:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    app.run(main)

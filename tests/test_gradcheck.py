@@ -1,0 +1,303 @@
+"""cnnjax.gradcheck: the real rules pass, and every checker catches a planted wrong rule."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import gradcheck, grads, losses, models, ops
+
+# Fixed cases that give each planted bug something to get wrong: an asymmetric kernel with a
+# stride of 2, a padded avg pool without the padding in its count, overlapping pool windows.
+CONV_CASE = dict(x_shape=(7, 6, 2), w_shape=(3, 2, 2, 3), stride=(2, 2), padding="SAME")
+POOL_CASE = dict(x_shape=(6, 5, 2), window=(3, 2), stride=(2, 1), padding=((1, 1), (1, 0)))
+AVG_NO_PAD_CASE = {**POOL_CASE, "count_include_pad": False}
+SMOOTHED_CASE = dict(shape=(3, 5), target="smoothed", label_smoothing=0.2)
+SMALL_SPEC = (
+    models.Conv(3, 3, stride=2, padding="SAME"),
+    models.ReLU(),
+    models.MaxPool(2, stride=1),
+    models.Flatten(),
+    models.Dense(4),
+)
+
+
+def failed(rows) -> set[str]:
+    return {row.check for row in rows if not row.passed}
+
+
+def rng():
+    return np.random.default_rng(0)
+
+
+# --------------------------------------------------------------------------- the real rules pass
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_real_layer_rules_pass(dtype):
+    rngs = (np.random.default_rng([1, i]) for i in range(100))
+    rows = gradcheck.layer_checks(rngs, dtype, num_cases=1)
+    assert rows and not failed(rows)
+    assert any(row.check.endswith("vs fd") for row in rows) == (dtype == "float64")
+    assert {"max_pool/dx vs autodiff, integers", "relu/dx vs autodiff, plateaus"} <= {
+        row.check for row in rows
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_real_network_rules_pass(dtype):
+    spec, shape = gradcheck.random_spec(rng())
+    rows = gradcheck.check_network(spec, shape, rng(), dtype, label_smoothing=0.1)
+    rows += gradcheck.check_network(SMALL_SPEC, (9, 8, 2), rng(), dtype)
+    assert not failed(rows)
+    assert "net/conv1/kernel custom_vjp vs autodiff" in {row.check for row in rows}
+
+
+def test_reference_cnn_passes_in_float64():
+    shape = models.REFERENCE_INPUT_SHAPE
+    rows = gradcheck.check_network(models.REFERENCE_CNN, shape, rng(), "float64", batch=2)
+    assert not failed(rows)
+    assert "net/dense1/kernel hand vs fd" in {row.check for row in rows}
+
+
+def test_random_specs_are_valid_and_varied():
+    specs = [gradcheck.random_spec(np.random.default_rng(i)) for i in range(30)]
+    layers = [layer for spec, shape in specs for layer in spec]
+    for spec, shape in specs:
+        models.output_shapes(spec, shape)  # raises if invalid
+        assert 8 <= min(shape[:2]) and max(shape[:2]) <= 16 and 1 <= shape[2] <= 3
+    assert {models.MaxPool, models.AvgPool} <= {type(layer) for layer in layers}
+    paddings = {str(layer.padding)[:2] for layer in layers if hasattr(layer, "padding")}
+    assert {"VA", "SA", "(("} <= paddings
+    assert any(max(layer.stride) == 3 for layer in layers if isinstance(layer, models.Conv))
+
+
+def test_conv_gradient_that_aborts_xlas_simplifier_is_checked():
+    # jax 0.10.2: jax.jit(jax.grad) of this conv aborts the process in XLA's algebraic
+    # simplifier; gradcheck compiles without that pass (see gradcheck._COMPILE).
+    case = dict(x_shape=(4, 2, 1), w_shape=(2, 4, 1, 1), stride=(2, 1), padding=((1, 1), (1, 1)))
+    assert not failed(gradcheck.check_conv2d(case, rng(), "float64"))
+
+
+def test_fd_uses_a_smaller_step_when_the_larger_straddles_a_kink():
+    def f(a):  # kink at t = 3e-7: inside h = 1e-6, outside h = 1e-7
+        return jnp.sum(ops.relu(a - 3e-7))
+
+    with jax.enable_x64(True):
+        fd = np.asarray(gradcheck._fd(f, jnp.zeros(1), jnp.ones((1, 1))))
+    assert abs(fd[0, 0, 0] - 0.35) < 1e-6 and fd[1, 0, 0] == fd[1, 1, 0] == 0.0
+    v_D = np.ones((1, 1))
+    assert gradcheck._fd_row("kink", "", v_D, np.zeros(1), fd).passed  # f'(0) = 0
+    assert not gradcheck._fd_row("kink", "", v_D, np.ones(1), fd).passed  # a wrong rule still fails
+
+
+def test_float64_checks_leave_x64_disabled():
+    gradcheck.check_dense({"w_shape": (2, 3)}, rng(), "float64")
+    assert jnp.zeros(1).dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------- planted conv bugs
+
+
+def conv_unflipped(x, w, dy, **kw):
+    """dx from the kernel as stored, not flipped (the rule flips what it is given)."""
+    dx, _, _ = grads.conv2d_vjp(x, jnp.flip(w, (0, 1)), dy, **kw)
+    return (dx, *grads.conv2d_vjp(x, w, dy, **kw)[1:])
+
+
+def conv_undilated(which: int):
+    """The rule with output `which` (0: dx, 1: dkernel) from the error not dilated by the stride:
+    conv2d_vjp at stride 1 on the same explicit padding."""
+
+    def rule(x, w, dy, *, stride, padding):
+        pads = ops.explicit_padding(x.shape[:2], w.shape[:2], ops.as_pair(stride, "s"), padding)
+        right = list(grads.conv2d_vjp(x, w, dy, stride=stride, padding=padding))
+        right[which] = grads.conv2d_vjp(x, w, dy, stride=1, padding=pads)[which]
+        return tuple(right)
+
+    return rule
+
+
+def test_real_conv_rule_passes_on_the_planted_cases():
+    assert not failed(gradcheck.check_conv2d(CONV_CASE, rng(), "float64"))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_unflipped_kernel_is_caught(dtype):
+    rows = gradcheck.check_conv2d(CONV_CASE, rng(), dtype, rule=conv_unflipped)
+    assert "conv2d/dx vs autodiff" in failed(rows)
+
+
+def test_finite_differences_alone_catch_an_unflipped_kernel():
+    rows = gradcheck.check_conv2d(CONV_CASE, rng(), "float64", rule=conv_unflipped)
+    fd_failed = {check for check in failed(rows) if check.endswith("vs fd")}
+    assert fd_failed == {"conv2d/dx vs fd"}
+
+
+def test_error_not_dilated_by_the_stride_is_caught():
+    rows = gradcheck.check_conv2d(CONV_CASE, rng(), "float64", rule=conv_undilated(0))
+    assert failed(rows) == {"conv2d/dx vs autodiff", "conv2d/dx vs fd"}
+
+
+def test_dkernel_from_the_undilated_error_is_caught():
+    rows = gradcheck.check_conv2d(CONV_CASE, rng(), "float64", rule=conv_undilated(1))
+    assert failed(rows) == {"conv2d/dkernel vs autodiff", "conv2d/dkernel vs fd"}
+
+
+# --------------------------------------------------------------------------- planted pool bugs
+
+
+def max_pool_tie_policy(policy: str):
+    """max_pool_vjp written out window by window, giving a tied maximum's error to the "first"
+    or "last" arg-max in row-major order, or "split" equally among the ties."""
+
+    def rule(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
+        (kh, kw), (sh, sw) = ops.as_pair(window, "w"), ops.as_pair(stride or window, "s")
+        pads = ops.explicit_padding(x_HWC.shape[:2], (kh, kw), (sh, sw), padding)
+        xpad = jnp.pad(x_HWC, (*pads, (0, 0)), constant_values=-jnp.inf)
+        dxpad = jnp.zeros(xpad.shape, x_HWC.dtype)
+        for i in range(dy_HWC.shape[0]):
+            for j in range(dy_HWC.shape[1]):
+                win_KC = xpad[i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(kh * kw, -1)
+                is_max = (win_KC == win_KC.max(axis=0)).astype(x_HWC.dtype)
+                if policy == "split":
+                    share = is_max / is_max.sum(axis=0)
+                else:
+                    order = is_max if policy == "first" else is_max[::-1]
+                    k = jnp.argmax(order, axis=0)
+                    k = k if policy == "first" else kh * kw - 1 - k
+                    share = jax.nn.one_hot(k, kh * kw, axis=0, dtype=x_HWC.dtype)
+                patch = (share * dy_HWC[i, j]).reshape(kh, kw, -1)
+                dxpad = dxpad.at[i * sh : i * sh + kh, j * sw : j * sw + kw].add(patch)
+        (top, _), (left, _) = pads
+        return dxpad[top : top + x_HWC.shape[0], left : left + x_HWC.shape[1]]
+
+    return rule
+
+
+def max_pool_rows(rule, dtype="float64"):
+    return [
+        row
+        for kind in ("continuous", *gradcheck.TIE_KINDS)
+        for row in gradcheck.check_max_pool(POOL_CASE, rng(), dtype, rule=rule, kind=kind)
+    ]
+
+
+def test_written_out_max_pool_with_the_first_arg_max_passes():
+    assert not failed(max_pool_rows(max_pool_tie_policy("first")))
+
+
+@pytest.mark.parametrize("policy", ["last", "split"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_other_tie_policies_are_caught_only_by_tie_heavy_inputs(policy, dtype):
+    rows = max_pool_rows(max_pool_tie_policy(policy), dtype)
+    assert failed(rows) == {f"max_pool/dx vs autodiff, {kind}" for kind in gradcheck.TIE_KINDS}
+
+
+def test_avg_pool_dividing_by_the_window_size_is_caught():
+    def rule(x, dy, **kw):
+        return grads.avg_pool_vjp(x, dy, **{**kw, "count_include_pad": True})
+
+    assert not failed(gradcheck.check_avg_pool(AVG_NO_PAD_CASE, rng(), "float64"))
+    rows = gradcheck.check_avg_pool(AVG_NO_PAD_CASE, rng(), "float64", rule=rule)
+    assert failed(rows) == {"avg_pool/dx vs autodiff", "avg_pool/dx vs fd"}
+
+
+# --------------------------------------------------------------------------- other planted bugs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_relu_gradient_one_at_zero_is_caught_on_plateaus(dtype):
+    def rule(x, dy):
+        return jnp.where(x >= 0, dy, jnp.zeros_like(dy))
+
+    case = {"x_shape": (4, 5, 3)}
+    rows = [
+        row
+        for kind in ("continuous", *gradcheck.TIE_KINDS)
+        for row in gradcheck.check_relu(case, rng(), dtype, rule=rule, kind=kind)
+    ]
+    assert failed(rows) == {f"relu/dx vs autodiff, {kind}" for kind in gradcheck.TIE_KINDS}
+
+
+def test_rule_that_changes_the_dtype_is_caught_even_with_exact_values():
+    def rule(x, dy):
+        return grads.relu_vjp(x, dy).astype(jnp.float32)  # integers: exact in float32 too
+
+    rows = gradcheck.check_relu(
+        {"x_shape": (3, 4, 2)}, rng(), "float64", rule=rule, kind="integers"
+    )
+    assert failed(rows) == {"relu/dx vs autodiff, integers"}
+
+
+def test_dense_with_the_kernel_transposed_is_caught():
+    def rule(x_I, w_IO, dy_O):
+        return w_IO.T @ dy_O, jnp.outer(dy_O, x_I), dy_O  # square, so the shapes still fit
+
+    case = {"w_shape": (4, 4)}
+    assert not failed(gradcheck.check_dense(case, rng(), "float64"))
+    rows = gradcheck.check_dense(case, rng(), "float64", rule=rule)
+    assert failed(rows) == {
+        f"dense/{n} vs {ref}" for n in ("dx", "dkernel") for ref in ("autodiff", "fd")
+    }
+
+
+def test_cross_entropy_rule_ignoring_label_smoothing_is_caught():
+    def rule(logits_K, labels, *, label_smoothing=0.0):
+        return losses.softmax(logits_K) - jax.nn.one_hot(
+            labels, logits_K.shape[-1], dtype=logits_K.dtype
+        )
+
+    int_case = dict(shape=(3, 5), target="int")
+    assert not failed(gradcheck.check_cross_entropy(int_case, rng(), "float64", rule=rule))
+    rows = gradcheck.check_cross_entropy(SMOOTHED_CASE, rng(), "float64", rule=rule)
+    assert failed(rows) == {
+        f"cross_entropy[smoothed]/dlogits vs {ref}" for ref in ("autodiff", "fd")
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_network_gradient_not_divided_by_the_batch_size_is_caught(dtype):
+    def value_and_grad(params, x_NHWC, labels_N, spec, **kwargs):
+        loss, g = grads.value_and_grad(params, x_NHWC, labels_N, spec, **kwargs)
+        return loss, jax.tree.map(lambda leaf: leaf * x_NHWC.shape[0], g)
+
+    rows = gradcheck.check_network(
+        SMALL_SPEC, (9, 8, 2), rng(), dtype, value_and_grad=value_and_grad
+    )
+    leaves = [f"net/{name}/{k}" for name in ("conv1", "dense1") for k in ("kernel", "bias")]
+    refs = ("autodiff", "fd") if dtype == "float64" else ("autodiff",)
+    assert failed(rows) == {f"{leaf} hand vs {ref}" for leaf in leaves for ref in refs}
+
+
+def test_network_custom_vjp_twin_with_a_wrong_rule_is_caught():
+    @jax.custom_vjp
+    def relu_passing_every_error(x):
+        return ops.relu(x)
+
+    relu_passing_every_error.defvjp(lambda x: (ops.relu(x), None), lambda _, dy: (dy,))
+    fns = grads.HAND_DERIVED._replace(relu=relu_passing_every_error)
+    rows = gradcheck.check_network(SMALL_SPEC, (9, 8, 2), rng(), "float32", fns=fns)
+    # Only conv1 sits below the ReLU; the hand-derived path is untouched.
+    assert failed(rows) == {f"net/conv1/{k} custom_vjp vs autodiff" for k in ("kernel", "bias")}
+
+
+# --------------------------------------------------------------------------- tolerances, report
+
+
+def test_tolerances_are_ordered_by_precision():
+    assert gradcheck.TOL_AUTODIFF["float32"] > gradcheck.TOL_AUTODIFF["float64"] > 0
+    assert gradcheck.TOL_TIES["float64"] == 0.0  # integer data: exact, so bit for bit
+    # FD is noisier than autodiff in the same precision, and still far below an O(1) bug.
+    assert gradcheck.TOL_AUTODIFF["float64"] < gradcheck.TOL_FD < 1e-3
+    assert gradcheck.TOL_AUTODIFF["float32"] > 100 * np.finfo(np.float32).eps
+
+
+def test_table_and_summary_report_failures():
+    rows = gradcheck.check_conv2d(CONV_CASE, rng(), "float32", rule=conv_unflipped)
+    table = gradcheck.format_table(rows)
+    assert table.splitlines()[0].split()[:3] == ["check", "case", "dtype"]
+    assert len(table.splitlines()) == len(rows) + 1 and "FAIL" in table and "pass" in table
+    assert gradcheck.summary(rows).startswith("3 checks, 1 failed")
+    (dx,) = [row for row in gradcheck.aggregate(rows + rows) if row.check.startswith("conv2d/dx")]
+    assert dx.case == "2 cases" and not dx.passed
