@@ -59,7 +59,11 @@ def _find(data_dir: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (data_dir / name).is_file():
             return data_dir / name
-    raise FileNotFoundError(f"neither {stem}.gz nor {stem} is in {data_dir}")
+    raise FileNotFoundError(
+        f"neither {stem}.gz nor {stem} is in {data_dir}; that directory needs the four IDX files "
+        "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+        "t10k-labels-idx1-ubyte; .gz or raw)"
+    )
 
 
 def load_split(data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
