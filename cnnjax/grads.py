@@ -57,8 +57,18 @@ def _crop(dxpad_HWC, pads, in_hw):
     return dxpad_HWC[top : top + in_hw[0], left : left + in_hw[1]]
 
 
-def _pool_geometry(x_HWC, window, stride, padding):
+def _check_error(dy, expected_shape, layer: str):
+    """The error must have the shape of the layer's output (as jax.vjp insists too)."""
+    if tuple(jnp.shape(dy)) != tuple(expected_shape):
+        raise ValueError(
+            f"dy must have the {layer} output's shape {tuple(expected_shape)}, "
+            f"got {tuple(jnp.shape(dy))}"
+        )
+
+
+def _pool_geometry(x_HWC, dy_HWC, window, stride, padding):
     out_shape = ops.pool_shape(x_HWC.shape, window, stride, padding)
+    _check_error(dy_HWC, out_shape, "pool")
     window_hw = ops.as_pair(window, "window")
     stride_hw = window_hw if stride is None else ops.as_pair(stride, "stride")
     pads = ops.explicit_padding(x_HWC.shape[:2], window_hw, stride_hw, padding)
@@ -71,6 +81,7 @@ def _pool_geometry(x_HWC, window, stride, padding):
 def relu_vjp(x, dy):
     """y = max(x, 0), so dy/dx = 1 where x > 0 and 0 where x <= 0 (0 at the kink, as jax.grad of
     ops.relu): dx = dy * [x > 0]."""
+    _check_error(dy, jnp.shape(x), "relu")
     return jnp.where(x > 0, dy, jnp.zeros_like(dy))
 
 
@@ -81,11 +92,13 @@ def dense_vjp(x_I, w_IO, dy_O):
         dL/db_o = dy_o.
 
     Returns (dx_I, dw_IO, db_O)."""
+    _check_error(dy_O, w_IO.shape[1:], "dense")
     return w_IO @ dy_O, jnp.outer(x_I, dy_O), dy_O
 
 
 def flatten_vjp(x_HWC, dy_F):
     """Flatten only renumbers: flat index f = h*W*C + w*C + c, so dx[h, w, c] = dy[f]."""
+    _check_error(dy_F, (x_HWC.size,), "flatten")
     return jnp.reshape(dy_F, x_HWC.shape)
 
 
@@ -114,7 +127,8 @@ def conv2d_vjp(x_HWC, w_HWIO, dy_HWO, *, stride=1, padding="VALID"):
     stride that does not divide) get zero; then the padding is cropped off.
 
     Returns (dx_HWC, dw_HWIO, db_O)."""
-    ops.conv2d_shape(x_HWC.shape, w_HWIO.shape, stride=stride, padding=padding)
+    out_shape = ops.conv2d_shape(x_HWC.shape, w_HWIO.shape, stride=stride, padding=padding)
+    _check_error(dy_HWO, out_shape, "conv2d")
     (kh, kw), stride_hw = w_HWIO.shape[:2], ops.as_pair(stride, "stride")
     pads = ops.explicit_padding(x_HWC.shape[:2], (kh, kw), stride_hw, padding)
     (ho, wo), (sh, sw) = dy_HWO.shape[:2], stride_hw
@@ -151,7 +165,7 @@ def max_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
     Ties: the first arg-max in row-major window order takes the whole error, the others 0. This is
     jax.grad's policy (XLA's select-and-scatter with a >= selector), and ties are common: ReLU
     makes plateaus of zeros. Padding is -inf, so it is never the arg-max."""
-    window_hw, stride_hw, pads, out_shape = _pool_geometry(x_HWC, window, stride, padding)
+    window_hw, stride_hw, pads, out_shape = _pool_geometry(x_HWC, dy_HWC, window, stride, padding)
     xpad = jnp.pad(x_HWC, (*pads, (0, 0)), constant_values=-jnp.inf)
     taps = _window_taps(xpad, window_hw, stride_hw, out_shape[:2])
     y = functools.reduce(jnp.maximum, taps)
@@ -168,7 +182,7 @@ def max_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
 def avg_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID", count_include_pad=True):
     """y[i, j, c] = (1 / d_ij) sum_{m, n} xpad[i*s + m, j*s + n, c], with d the window size (or
     the count of real inputs in the window): each input of the window gets dy / d."""
-    window_hw, stride_hw, pads, _ = _pool_geometry(x_HWC, window, stride, padding)
+    window_hw, stride_hw, pads, _ = _pool_geometry(x_HWC, dy_HWC, window, stride, padding)
     divisor = ops.pool_divisor(
         x_HWC.shape, dy_HWC.dtype, window_hw, stride_hw, pads, count_include_pad
     )

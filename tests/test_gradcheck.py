@@ -107,12 +107,15 @@ def conv_unflipped(x, w, dy, **kw):
 
 def conv_undilated(which: int):
     """The rule with output `which` (0: dx, 1: dkernel) from the error not dilated by the stride:
-    conv2d_vjp at stride 1 on the same explicit padding."""
+    the error's entries kept side by side (zero-padded at the end to the stride-1 output size),
+    then conv2d_vjp at stride 1 on the same explicit padding."""
 
     def rule(x, w, dy, *, stride, padding):
         pads = ops.explicit_padding(x.shape[:2], w.shape[:2], ops.as_pair(stride, "s"), padding)
+        h1, w1, _ = ops.conv2d_shape(x.shape, w.shape, stride=1, padding=pads)
+        dy_undilated = jnp.pad(dy, ((0, h1 - dy.shape[0]), (0, w1 - dy.shape[1]), (0, 0)))
         right = list(grads.conv2d_vjp(x, w, dy, stride=stride, padding=padding))
-        right[which] = grads.conv2d_vjp(x, w, dy, stride=1, padding=pads)[which]
+        right[which] = grads.conv2d_vjp(x, w, dy_undilated, stride=1, padding=pads)[which]
         return tuple(right)
 
     return rule

@@ -239,3 +239,15 @@ def test_pool_vjps_keep_float32_with_x64_enabled(include):
         dx = grads.avg_pool_vjp(x, dy, **kwargs, count_include_pad=include)
         dx_max = grads.max_pool_vjp(x, dy, **kwargs)
     assert dx.dtype == jnp.float32 and dx_max.dtype == jnp.float32
+
+
+def test_an_error_of_the_wrong_shape_is_named():
+    x, w = jnp.zeros((6, 6, 2)), jnp.zeros((3, 3, 2, 4))
+    with pytest.raises(ValueError, match=r"dy must have the conv2d output's shape \(2, 2, 4\)"):
+        grads.conv2d_vjp(x, w, jnp.zeros((4, 4, 4)), stride=2)
+    with pytest.raises(ValueError, match=r"pool output's shape \(3, 3, 2\), got \(6, 6, 2\)"):
+        grads.max_pool_vjp(x, x, window=2)
+    with pytest.raises(ValueError, match=r"dense output's shape \(3,\)"):
+        grads.dense_vjp(jnp.zeros(2), jnp.zeros((2, 3)), jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"flatten output's shape \(72,\)"):
+        grads.flatten_vjp(x, jnp.zeros(71))
