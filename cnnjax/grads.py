@@ -328,8 +328,8 @@ def layer_vjp(layer: models.Layer, p, x, dy):
     raise TypeError(f"unknown layer {layer!r}")
 
 
-def example_value_and_grad(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
-    """One example's loss and its gradient by backprop: run the layers forward keeping each
+def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
+    """One example's loss, logits and gradient by backprop: run the layers forward keeping each
     layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse."""
     layer_ps = models.layer_params(params, spec)
     inputs, h = [], x_HWC
@@ -344,15 +344,22 @@ def example_value_and_grad(params, x_HWC, label, spec: models.Spec, *, label_smo
         dy, dparams = layer_vjp(layer, p, x_in, dy)
         if name is not None:
             grads[name] = dparams
-    return loss, grads
+    return loss, h, grads
+
+
+def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
+    """(batch-mean loss, logits_NK, batch-mean gradient) by manual backprop, vmapped over the
+    examples (XLA fuses the per-example parameter gradients into their batch sum)."""
+    per_example = jax.vmap(
+        lambda x, y: example_backprop(params, x, y, spec, label_smoothing=label_smoothing)
+    )
+    losses_N, logits_NK, grads_N = per_example(x_NHWC, labels_N)
+    n = x_NHWC.shape[0]
+    return jnp.mean(losses_N), logits_NK, jax.tree.map(lambda g: jnp.sum(g, axis=0) / n, grads_N)
 
 
 def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
     """The batch-mean loss and its gradient by manual backprop: the same (loss, grads) pytree as
     jax.value_and_grad(models.loss)(params, x_NHWC, labels_N, spec), for any spec."""
-    per_example = jax.vmap(
-        lambda x, y: example_value_and_grad(params, x, y, spec, label_smoothing=label_smoothing)
-    )
-    losses_N, grads_N = per_example(x_NHWC, labels_N)
-    n = x_NHWC.shape[0]
-    return jnp.mean(losses_N), jax.tree.map(lambda g: jnp.sum(g, axis=0) / n, grads_N)
+    loss, _, grads = backprop(params, x_NHWC, labels_N, spec, label_smoothing=label_smoothing)
+    return loss, grads

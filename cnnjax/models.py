@@ -90,6 +90,9 @@ REFERENCE_CNN: Spec = (
 )
 REFERENCE_INPUT_SHAPE = (28, 28, 1)
 
+# Networks a config can name (config.model.spec).
+SPECS = {"reference": REFERENCE_CNN}
+
 
 class LayerFns(NamedTuple):
     """The op each layer kind calls. `apply` takes a table, so the same network can run on the

@@ -1,8 +1,28 @@
-"""Reports: plain-text tables printed by the experiments (metrics files and plots come later)."""
+"""Reports: plain-text tables, JSON-lines metrics files, confusion matrices, progress bars.
+
+The plots that go with them live in `cnnjax.plots` (matplotlib stays out of this module, which
+`models` imports). Legend: N examples, K classes; `cm_KK[true, predicted]`.
+
+A metrics file holds one JSON object per line, each with a `"kind"` (e.g. `"step"`, `"epoch"`)
+and an integer `"step"`, the rest free-form. Numpy and jax scalars are written as Python
+numbers; NaN and +-inf are written as the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (plain
+JSON has no such numbers) and `read_metrics` turns those strings back into floats.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+import numbers
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+from tqdm.std import tqdm
+
+# ------------------------------------------------------------------------------------ tables
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right=()) -> str:
@@ -14,3 +34,287 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right=())
         return text.rjust(widths[i]) if i in right else text.ljust(widths[i])
 
     return "\n".join("  ".join(cell(i, c) for i, c in enumerate(line)).rstrip() for line in lines)
+
+
+def _format_value(value) -> str:
+    value = _plain(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def summary_table(rows: Mapping | Sequence[Mapping]) -> str:
+    """A final run summary as text.
+
+    Args:
+      rows: a dict `{name: value}` (printed as two columns, name and value), or a list of dicts
+        (one line each; the columns are the keys in order of first appearance, a missing key is
+        an empty cell). Values may be numpy/jax scalars; floats are shown with 6 significant
+        digits; numeric columns align right.
+    Returns:
+      The table from `format_table`.
+    """
+    if isinstance(rows, Mapping):
+        rows = [{"metric": str(name), "value": value} for name, value in rows.items()]
+    header = list(dict.fromkeys(key for row in rows for key in row))
+    body = [[_format_value(row.get(key)) for key in header] for row in rows]
+    right = tuple(
+        i
+        for i, key in enumerate(header)
+        if all(isinstance(_plain(row.get(key)), int | float | None) for row in rows)
+    )
+    return format_table(header, body, right=right)
+
+
+# ------------------------------------------------------------------------------ metrics files
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _plain(value):
+    """Python value JSON can write: numpy/jax scalars to int/float/bool, arrays to lists."""
+    if value is None or isinstance(value, str | bool):
+        return value
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    array = np.asarray(value)  # numpy and jax scalars and arrays alike
+    if array.ndim > 0:
+        return [_plain(item) for item in array]
+    if array.dtype.kind == "b":
+        return bool(array)
+    if array.dtype.kind in "iu":
+        return int(array)
+    return float(array)  # float16/bfloat16/float32/float64 all read back as Python floats
+
+
+def _map_leaves(fn, value):
+    if isinstance(value, dict):
+        return {key: _map_leaves(fn, item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_map_leaves(fn, item) for item in value]
+    return fn(value)
+
+
+def _encode_nonfinite(leaf):
+    if isinstance(leaf, float) and not math.isfinite(leaf):
+        return "NaN" if math.isnan(leaf) else ("Infinity" if leaf > 0 else "-Infinity")
+    return leaf
+
+
+def _decode_nonfinite(leaf):
+    return _NONFINITE.get(leaf, leaf) if isinstance(leaf, str) else leaf
+
+
+def _ends_in_partial_line(path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+class MetricsWriter:
+    """Appends one JSON line per `write`, flushed at once (a killed run keeps every full line).
+
+    Opening appends to an existing file, never truncates it. To resume a run, first call
+    `truncate_after(path, checkpoint_step)` and then open the writer: the file then equals the
+    one an uninterrupted run writes. A file whose last line was cut by a kill is refused until
+    `truncate_after` has dropped that line. Only one process should write a given file.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        if os.path.exists(self.path) and _ends_in_partial_line(self.path):
+            raise ValueError(
+                f"{self.path} ends in a partial line (a killed write); "
+                "call truncate_after(path, step) before appending"
+            )
+        self._file = open(self.path, "a", encoding="utf-8")  # closed by close() / the with-block
+
+    def write(self, row: Mapping | None = None, /, **values) -> dict:
+        """Appends one row as a JSON line and flushes it; returns the row as written.
+
+        Args:
+          row, **values: the row, as a dict, as keywords, or both (keywords win), e.g.
+            `write({"kind": "step", "step": 3, "loss": loss})` or `write(kind="epoch", step=3,
+            test_accuracy=acc)`. "kind" (e.g. "step", "epoch") and "step" (the global optimizer
+            step, an integer scalar) are required. Values: numbers (Python, numpy or jax
+            scalars), strings, bools, None, or small arrays and lists (written as lists).
+        """
+        row = _plain({**(row or {}), **values})
+        if not isinstance(row.get("kind"), str):
+            raise ValueError(f"a metrics row needs a string 'kind', got {row.get('kind')!r}")
+        if isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise TypeError(f"a metrics row needs an integer 'step', got {row.get('step')!r}")
+        row = {"kind": row.pop("kind"), "step": row.pop("step"), **row}  # same key order always
+        line = json.dumps(_map_leaves(_encode_nonfinite, row), allow_nan=False)
+        self._file.write(line + "\n")
+        self._file.flush()  # survives a killed process; os.fsync would also survive power loss
+        return row
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _read_lines(path) -> list[str]:
+    """The file's complete lines; a last line without its newline (a killed write) is dropped."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    return lines[:-1]  # the piece after the last "\n": "" for a whole file, else a partial line
+
+
+def read_metrics(path, kind: str | None = None) -> list[dict]:
+    """Rows of a metrics file in the order written, optionally only those of one `kind`.
+
+    Args:
+      path: the JSON-lines file written by `MetricsWriter`.
+      kind: keep only rows whose "kind" equals this (None: all rows).
+    Returns:
+      A list of dicts; "NaN"/"Infinity"/"-Infinity" strings are read back as floats. A final
+      line cut short by a kill is ignored; any other malformed line raises ValueError.
+    """
+    rows = []
+    for number, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = _map_leaves(_decode_nonfinite, json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: not a JSON line: {line[:80]!r}") from err
+        if kind is None or row.get("kind") == kind:
+            rows.append(row)
+    return rows
+
+
+def truncate_after(path, step: int) -> int:
+    """Drops every row logged after `step` (rows with "step" > step) and any partial last line.
+
+    Call it when resuming from the checkpoint taken at `step`, before opening a MetricsWriter,
+    so that the resumed run's file equals an uninterrupted run's. The training loop should save
+    its checkpoint after writing all rows of that step. The file is replaced atomically; a
+    missing file is left missing.
+
+    Returns:
+      The number of complete rows dropped.
+    """
+    if not os.path.exists(path):
+        return 0
+    lines = [line for line in _read_lines(path) if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) == len(lines) and not _ends_in_partial_line(path):
+        return 0
+    directory = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.chmod(f.name, os.stat(path).st_mode)  # a temporary file is private (0600) by default
+    os.replace(f.name, path)
+    return len(lines) - len(kept)
+
+
+# ---------------------------------------------------------------------------- classification
+
+
+def confusion_matrix(predictions_N, labels_N, num_classes: int) -> np.ndarray:
+    """Counts of (true class, predicted class) pairs.
+
+    Args:
+      predictions_N: predicted class indices, ints in [0, num_classes).
+      labels_N: true class indices, ints in [0, num_classes).
+      num_classes: K.
+    Returns:
+      cm_KK, int64: cm_KK[t, p] = number of examples of true class t predicted as p (rows are
+      true classes, columns predictions), so cm_KK.sum() == N.
+    """
+    predictions_N = np.asarray(predictions_N).reshape(-1)
+    labels_N = np.asarray(labels_N).reshape(-1)
+    if predictions_N.shape != labels_N.shape:
+        raise ValueError(f"{predictions_N.shape[0]} predictions but {labels_N.shape[0]} labels")
+    for name, values in (("predictions", predictions_N), ("labels", labels_N)):
+        if values.size and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} must lie in [0, {num_classes}), got {values.min()}..")
+    flat = labels_N.astype(np.int64) * num_classes + predictions_N.astype(np.int64)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, -1)
+
+
+def per_class_accuracy(cm_KK) -> np.ndarray:
+    """Recall of each true class: cm_KK[k, k] / cm_KK[k].sum(); NaN for a class with no examples.
+
+    Returns:
+      float64 array of shape (K,).
+    """
+    cm_KK = np.asarray(cm_KK, dtype=np.float64)
+    totals_K = cm_KK.sum(axis=1)
+    correct_K = np.diagonal(cm_KK)
+    safe_K = np.where(totals_K > 0, totals_K, 1.0)  # avoid 0/0 warnings; NaN set below
+    return np.where(totals_K > 0, correct_K / safe_K, np.nan)
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+class Progress(tqdm):
+    """A tqdm bar whose `set_metrics` takes jax/numpy scalars and converts them only when drawn.
+
+    Converting a jax array to a float waits for the device; doing it only at the bar's refresh
+    rate (at most every `mininterval` seconds) keeps the training loop's dispatch asynchronous.
+    The values must not be donated buffers that a later step invalidates.
+    """
+
+    def __init__(self, *args, **kwargs):
+        self._metrics = {}
+        super().__init__(*args, **kwargs)
+
+    def set_metrics(self, **values) -> None:
+        """Shows `name=value` (4 decimals) after the bar from the next redraw on."""
+        if not self.disable:
+            self._metrics = values
+
+    @property
+    def format_dict(self):
+        info = super().format_dict
+        if self._metrics:  # set_metrics keeps none while disabled; close() disables first
+            shown = ", ".join(f"{k}={_format_metric(v)}" for k, v in self._metrics.items())
+            info["postfix"] = shown if not info.get("postfix") else f"{info['postfix']}, {shown}"
+        return info
+
+
+def _format_metric(value) -> str:
+    value = _plain(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def progress(
+    iterable_or_total: Iterable | int, description: str = "", enabled: bool | None = None, **kw
+) -> Progress:
+    """A progress bar on stderr, e.g. one per epoch.
+
+    Args:
+      iterable_or_total: what to iterate over (`for batch in progress(batches, "epoch 1")`), or
+        an int total for a bar advanced by hand with `bar.update(n)`.
+      description: the text before the bar.
+      enabled: True/False to force; None shows the bar only when stderr is a terminal (not in
+        CI or a log file). A disabled bar prints nothing and still iterates.
+      **kw: passed on to tqdm (e.g. `leave=False`, `total=` for an iterable without len).
+    Returns:
+      A `Progress` (a tqdm); call `bar.set_metrics(loss=loss, accuracy=acc)` to show values and
+      `bar.close()` when done if not iterating it to the end.
+    """
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if isinstance(iterable_or_total, numbers.Integral):
+        iterable, kw = None, {"total": int(iterable_or_total), **kw}
+    else:
+        iterable = iterable_or_total
+    kw = {"dynamic_ncols": True, **kw}
+    return Progress(iterable, desc=description, disable=not enabled, file=sys.stderr, **kw)

@@ -12,5 +12,6 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0  # of the params init
     config.batch = 256  # test images compared
-    config.data_dir = ""  # IDX files; "" finds them (cnnjax.data.default_data_dir)
+    config.dataset = "mnist"  # or "fashion_mnist" (cnnjax.data.DATASETS)
+    config.source_dir = ""  # the four IDX files; "" finds them (cnnjax.data.find_source_dir)
     return config

@@ -20,6 +20,9 @@ ALLOWED_INTERNAL = {
     "flax_models": {"ops", "losses", "models", "report"},
     "data": set(),
     "report": set(),
+    "plots": {"report"},
+    "train": {"ops", "losses", "models", "grads"},
+    "run": {"data", "models", "plots", "report", "train"},
 }
 # The math modules import only jax and numpy (plus the standard library above).
 PURE_MATH = {"ops", "losses", "models", "grads"}

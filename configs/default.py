@@ -1,0 +1,45 @@
+"""The reference CNN on Fashion-MNIST: the default run.
+
+    python -m experiments.train --config configs/default.py --workdir runs/fashion_mnist
+
+Expect: RESULT_DEFAULT
+"""
+
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "fashion_mnist"  # or "mnist"
+    config.data.source_dir = ""  # the four IDX files; "" = $CNNJAX_DATA_DIR or the usual places
+    config.data.tfds_dir = ""  # where TFDS keeps prepared data; "" = TFDS's default
+    config.data.shift = 2  # random translation of training images, pixels (0: off)
+    config.data.flip = True  # random left-right flips of training images
+    config.data.train_examples = 0  # > 0: train on the first this many examples only
+
+    config.model = ml_collections.ConfigDict()
+    config.model.spec = "reference"  # a name in cnnjax.models.SPECS
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.learning_rate = 0.05  # peak, after warm-up
+    config.optim.momentum = 0.9  # 0: plain SGD
+    config.optim.nesterov = True
+    config.optim.weight_decay = 5e-4  # L2: wd * params added to the gradient
+    config.optim.schedule = "cosine"  # "constant", "step" or "cosine"
+    config.optim.warmup_epochs = 1.0  # linear warm-up from 0
+    config.optim.decay_epochs = (10, 15)  # "step" schedule: where the rate is multiplied ...
+    config.optim.decay_factor = 0.1  # ... by this
+
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 20
+    config.train.batch_size = 128
+    config.train.gradients = "hand"  # "hand" (manual backprop), "autodiff" or "custom_vjp"
+    config.train.label_smoothing = 0.1
+    config.train.steps_per_chunk = 50  # steps between progress updates and metrics writes
+    config.train.scan = False  # True: each chunk is one lax.scan (slower on XLA:CPU, see train.py)
+    config.train.eval_batch_size = 1000
+    config.train.checkpoints_kept = 3
+    return config
