@@ -29,8 +29,8 @@ def main(argv) -> int:
     if config.batch < 1:
         raise app.UsageError(f"--config.batch must be >= 1, got {config.batch}")
     try:
-        data_dir = config.data_dir or data.default_data_dir()
-        images_NHWC, labels_N = data.load_split(data_dir, "test")
+        source_dir = config.source_dir or None
+        images_NHWC, labels_N = data.load(config.dataset, "test", source_dir=source_dir)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -40,7 +40,7 @@ def main(argv) -> int:
     params = models.init(init_key, models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE)
     rows = flax_models.parity_report(params, models.REFERENCE_CNN, x_NHWC, labels_N)
 
-    print(f"data: {data_dir} (test), batch {len(labels_N)}, seed {config.seed}, "
+    print(f"data: {config.dataset} (test), batch {len(labels_N)}, seed {config.seed}, "
           f"device {jax.devices()[0]}")  # fmt: skip
     header = ("framework", "quantity", "max |diff|", "tolerance", "result")
     body = [
