@@ -1,0 +1,234 @@
+"""A training run on disk: its directory, resolved config, checkpoints, metrics, plots; resume.
+
+A run directory holds config.json (the resolved config), metrics.jsonl (one JSON line per step
+and per epoch), checkpoints/<epochs done>/ (orbax), and at the end summary.json and PNG plots.
+An existing run is never overwritten: continuing it takes resume=True, with the same config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from cnnjax import data, models, plots, report, train
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on; the message says why and what to do."""
+
+
+def params_hash(params) -> str:
+    """sha256 over every parameter's bytes in tree order: equal hashes, bit-identical params."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
+    return digest.hexdigest()
+
+
+def prepare_workdir(workdir: Path, config, resume: bool) -> None:
+    """Create the run directory, or check that resuming continues the same config."""
+    config_path = workdir / "config.json"
+    resolved = config.to_json_best_effort(indent=2, sort_keys=True)
+    if resume:
+        if not config_path.exists():
+            raise RunError(f"nothing to resume in {workdir}: it has no config.json")
+        if json.loads(config_path.read_text()) != json.loads(resolved):
+            raise RunError(
+                f"{workdir} was started with another config (see {config_path}); resume it "
+                "with the same config and overrides, or start a new run in a new --workdir"
+            )
+        return
+    if workdir.exists() and any(workdir.iterdir()):
+        raise RunError(
+            f"{workdir} already holds a run; pass --resume to continue it, or choose a new "
+            "--workdir (nothing was changed)"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(resolved + "\n")
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+    """The resolved config a run was started with."""
+    path = Path(workdir) / "config.json"
+    if not path.exists():
+        raise RunError(f"{workdir} is not a run directory: it has no config.json")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def checkpoint_manager(workdir: Path, keep: int = 3) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+
+
+def restore(manager: ocp.CheckpointManager, template: train.TrainState):
+    """(the last checkpoint's state, epochs it had finished), or (template, 0) if none."""
+    epochs_done = manager.latest_step()
+    if epochs_done is None:
+        return template, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    state = manager.restore(epochs_done, args=ocp.args.StandardRestore(abstract))
+    return train.TrainState(*state), epochs_done
+
+
+def load_data(config):
+    """((train images, labels), (test images, labels)) as device arrays: uint8 images; the
+    first config.data.train_examples training examples only, if that is > 0."""
+    splits = []
+    for split in ("train", "test"):
+        images, labels = data.load(
+            config.data.name, split,
+            source_dir=config.data.source_dir or None, data_dir=config.data.tfds_dir or None,
+        )  # fmt: skip
+        if split == "train" and config.data.train_examples > 0:
+            images, labels = (
+                images[: config.data.train_examples],
+                labels[: config.data.train_examples],
+            )
+        splits.append((jax.device_put(images), jax.device_put(labels)))
+    return splits
+
+
+class Setup(NamedTuple):
+    spec: models.Spec
+    train_split: tuple
+    test_split: tuple
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    state: train.TrainState  # freshly initialised from config.seed
+
+
+def setup(config) -> Setup:
+    """Everything a run derives from its config: data, network, optimizer, initial state."""
+    if config.model.spec not in models.SPECS:
+        raise RunError(f"config.model.spec must be one of {sorted(models.SPECS)}, got "
+                       f"{config.model.spec!r}")  # fmt: skip
+    spec = models.SPECS[config.model.spec]
+    train_split, test_split = load_data(config)
+    steps_per_epoch = train_split[0].shape[0] // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise RunError(
+            f"the training split has {train_split[0].shape[0]} examples, fewer than one batch "
+            f"of {config.train.batch_size}; lower config.train.batch_size"
+        )
+    optimizer = train.make_optimizer(config.optim, steps_per_epoch, config.train.epochs)
+    schedule = train.learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
+    state = train.init_state(config.seed, spec, tuple(train_split[0].shape[1:]), optimizer)
+    return Setup(spec, train_split, test_split, optimizer, schedule, state)
+
+
+def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
+    """One epoch in chunks of config.train.steps_per_chunk scanned steps; (state, means)."""
+    images, labels = train_split
+    idx_SB = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
+    chunk, seen = config.train.steps_per_chunk, {"loss": [], "accuracy": []}
+    bar = report.progress(len(idx_SB), f"epoch {epoch + 1}/{config.train.epochs}")
+    for start in range(0, len(idx_SB), chunk):
+        first_step = int(state.step)
+        state, metrics = run_steps(state, images, labels, idx_SB[start : start + chunk])
+        metrics = jax.device_get(metrics)
+        for i, (loss, accuracy) in enumerate(
+            zip(metrics["loss"], metrics["accuracy"], strict=True)
+        ):
+            step = first_step + i + 1
+            writer.write(dict(kind="step", step=step, epoch=epoch + 1, loss=loss,
+                              accuracy=accuracy, learning_rate=schedule(step - 1)))  # fmt: skip
+        if not np.all(np.isfinite(metrics["loss"])):
+            bar.close()
+            raise RunError(
+                f"the loss became {metrics['loss'][~np.isfinite(metrics['loss'])][0]} in epoch "
+                f"{epoch + 1} (by step {int(state.step)}); the run stopped and its last good "
+                "checkpoint is kept. Lower --config.optim.learning_rate and start a new run."
+            )
+        seen["loss"] += list(metrics["loss"])
+        seen["accuracy"] += list(metrics["accuracy"])
+        bar.update(len(metrics["loss"]))
+        bar.set_postfix(loss=f"{np.mean(seen['loss']):.4f}", acc=f"{np.mean(seen['accuracy']):.4f}")
+    bar.close()
+    return state, {k: float(np.mean(v)) for k, v in seen.items()}
+
+
+def fit(config, workdir, *, resume: bool = False) -> dict:
+    """Train `config` in `workdir` (see the module docstring); returns the final summary."""
+    workdir = Path(workdir)
+    prepare_workdir(workdir, config, resume)
+    run = setup(config)
+    manager = checkpoint_manager(workdir, config.train.checkpoints_kept)
+    state, epochs_done = restore(manager, run.state) if resume else (run.state, 0)
+    metrics_path = workdir / "metrics.jsonl"
+    if resume:
+        report.truncate_after(metrics_path, int(state.step))  # drop what the killed run logged
+    writer = report.MetricsWriter(metrics_path)
+    run_steps = train.make_train_steps(run.spec, run.optimizer, config)
+    for epoch in range(epochs_done, config.train.epochs):
+        start = time.perf_counter()
+        state, seen = _epoch(state, run_steps, run.train_split, epoch, config, writer, run.schedule)
+        test = train.evaluate(state.params, *run.test_split, spec=run.spec,
+                              batch_size=config.train.eval_batch_size)  # fmt: skip
+        writer.write(dict(kind="epoch", step=int(state.step), epoch=epoch + 1,
+                          train_loss=seen["loss"], train_accuracy=seen["accuracy"],
+                          test_loss=test["loss"], test_accuracy=test["accuracy"],
+                          seconds=time.perf_counter() - start))  # fmt: skip
+        manager.save(epoch + 1, args=ocp.args.StandardSave(state))
+    manager.wait_until_finished()
+    return finish(workdir, config, state.params, run.spec, run.test_split)
+
+
+def evaluation_report(workdir) -> str:
+    """The last checkpoint of a run on its test split: accuracy, per class, confusion matrix."""
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    run = setup(config)
+    state, epochs_done = restore(checkpoint_manager(workdir), run.state)
+    if epochs_done == 0:
+        raise RunError(f"{workdir} has no checkpoint yet (no epoch finished)")
+    test = train.evaluate(state.params, *run.test_split, spec=run.spec,
+                          batch_size=config.train.eval_batch_size)  # fmt: skip
+    num_classes = data.num_classes(config.data.name)
+    cm = report.confusion_matrix(np.asarray(test["predictions"]), np.asarray(run.test_split[1]),
+                                 num_classes)  # fmt: skip
+    names = data.class_names(config.data.name)
+    per_class = [(n, f"{a:.4f}") for n, a in zip(names, report.per_class_accuracy(cm), strict=True)]
+    lines = [
+        f"{workdir}: checkpoint after epoch {epochs_done}, {config.data.name} test split",
+        f"accuracy {float(test['accuracy']):.4f}, loss {float(test['loss']):.4f}", "",
+        report.format_table(("class", "accuracy"), per_class, right=(1,)), "",
+        "confusion matrix (rows: true class, columns: predicted)",
+        report.format_table([str(k) for k in range(num_classes)], cm.tolist(),
+                            right=range(num_classes)),
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def finish(workdir: Path, config, params, spec, test_split) -> dict:
+    """Evaluate, write summary.json and the plots, return the summary."""
+    test = train.evaluate(params, *test_split, spec=spec, batch_size=config.train.eval_batch_size)
+    labels = np.asarray(test_split[1])
+    num_classes = data.num_classes(config.data.name)
+    cm = report.confusion_matrix(np.asarray(test["predictions"]), labels, num_classes)
+    rows = report.read_metrics(workdir / "metrics.jsonl")
+    summary = dict(
+        test_accuracy=float(test["accuracy"]), test_loss=float(test["loss"]),
+        epochs=config.train.epochs, steps=max((r["step"] for r in rows), default=0),
+        train_seconds=sum(r.get("seconds", 0.0) for r in rows if r["kind"] == "epoch"),
+        params_hash=params_hash(params),
+        per_class_accuracy=dict(zip(data.class_names(config.data.name),
+                                    map(float, report.per_class_accuracy(cm)), strict=True)),
+    )  # fmt: skip
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plots.plot_curves(rows, workdir / "curves.png")
+    first_conv = next(name for name, layer in zip(models.layer_names(spec), spec, strict=True)
+                      if isinstance(layer, models.Conv))  # fmt: skip
+    plots.plot_filters(np.asarray(params[first_conv]["kernel"]), workdir / "conv1_filters.png")
+    plots.plot_confusion(cm, data.class_names(config.data.name), workdir / "confusion.png")
+    return summary

@@ -1,0 +1,32 @@
+"""Evaluate a run's last checkpoint on the test split: accuracy, per-class accuracy, confusion.
+
+python -m experiments.evaluate --workdir runs/fashion_mnist
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+
+from cnnjax import run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        print(run.evaluation_report(_WORKDIR.value))
+    except run.RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,144 @@
+"""Training runs on disk: a whole run, refusal to overwrite, NaN stops, and a run killed with
+SIGKILL mid-epoch that resumes to the uninterrupted run's params, bit for bit."""
+
+import gzip
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnjax import data, run
+from configs import smoke
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN_N, TEST_N = 1024, 200  # 32 steps of 32 per epoch
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    magic = data.IMAGES_MAGIC if array.ndim == 3 else data.LABELS_MAGIC
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Learnable 28x28 digits-to-be (class k lights band k) as IDX files, prepared with TFDS."""
+    root = tmp_path_factory.mktemp("data")
+    source, tfds_dir = root / "idx", root / "tfds"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    checksums = {}
+    for split, n in (("train", TRAIN_N), ("t10k", TEST_N)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 80, (n, 28, 28))
+        for k in range(10):
+            images[labels == k, 2 * k + 4 : 2 * k + 6] += 170
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            raw = idx_bytes(array)
+            stem = f"{split}-{kind}-ubyte"
+            (source / f"{stem}.gz").write_bytes(gzip.compress(raw, mtime=0))
+            checksums[stem] = hashlib.sha256(raw).hexdigest()
+    for split in ("train", "test"):
+        data.load("mnist", split, data_dir=tfds_dir, source_dir=source, checksums=checksums)
+    return source, tfds_dir
+
+
+def config_for(dataset, **train):
+    config = smoke.get_config()
+    config.data.name, config.data.flip = "mnist", False
+    config.data.source_dir, config.data.tfds_dir = map(str, dataset)
+    config.train.update(train)
+    return config
+
+
+def overrides(dataset, epochs: int) -> list[str]:
+    source, tfds_dir = dataset
+    return [
+        "--config.data.name=mnist", "--config.data.flip=False",
+        f"--config.data.source_dir={source}", f"--config.data.tfds_dir={tfds_dir}",
+        f"--config.train.epochs={epochs}",
+    ]  # fmt: skip
+
+
+def test_a_run_writes_metrics_checkpoints_plots_and_refuses_to_be_overwritten(dataset, tmp_path):
+    config = config_for(dataset)
+    summary = run.fit(config, tmp_path / "run")
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.jsonl", "summary.json", "checkpoints"} <= files
+    assert {"curves.png", "conv1_filters.png", "confusion.png"} <= files
+    steps = [r for r in _rows(tmp_path / "run") if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 2 * TRAIN_N // 32 + 1))
+    assert summary["test_accuracy"] > 0.5  # the bands are easy to learn
+    assert "accuracy" in run.evaluation_report(tmp_path / "run")
+    before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
+    with pytest.raises(run.RunError, match="already holds a run; pass --resume"):
+        run.fit(config, tmp_path / "run")
+    assert (tmp_path / "run" / "metrics.jsonl").read_bytes() == before
+    other = config_for(dataset)
+    other.seed = 1
+    with pytest.raises(run.RunError, match="started with another config"):
+        run.fit(other, tmp_path / "run", resume=True)
+
+
+def test_two_runs_of_one_config_end_with_the_same_params(dataset, tmp_path):
+    config = config_for(dataset, epochs=1)
+    first = run.fit(config, tmp_path / "a")["params_hash"]
+    assert run.fit(config, tmp_path / "b")["params_hash"] == first
+    config.seed = 1
+    assert run.fit(config, tmp_path / "c")["params_hash"] != first
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(dataset, tmp_path):
+    config = config_for(dataset, epochs=3)
+    config.optim.schedule, config.optim.decay_epochs, config.optim.decay_factor = "step", (1,), 1e9
+    with pytest.raises(run.RunError, match=r"the loss became (nan|inf).*epoch 2.*learning_rate"):
+        run.fit(config, tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
+    assert "accuracy" in run.evaluation_report(tmp_path / "run")
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(workdir, dataset, epochs, *extra):
+    command = [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
+               f"--workdir={workdir}", *overrides(dataset, epochs), *extra]  # fmt: skip
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _wait_for_step_of_epoch(workdir, epoch, process, timeout_s=120):
+    path, deadline = Path(workdir) / "metrics.jsonl", time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if path.exists() and f'"kind": "step", "step": {(epoch - 1) * 32 + 5}' in path.read_text():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"epoch {epoch} never started: {process.communicate()[0].decode()}")
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_params_bit_for_bit(dataset, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    uninterrupted = _train(whole, dataset, 3)
+    victim = _train(killed, dataset, 3)
+    _wait_for_step_of_epoch(killed, 2, victim)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert uninterrupted.wait() == 0, uninterrupted.communicate()[0].decode()
+    assert not (killed / "summary.json").exists()
+    assert (killed / "checkpoints" / "1").exists() and not (killed / "checkpoints" / "3").exists()
+    assert max(r["step"] for r in _rows(killed)) > 32  # it died inside epoch 2
+
+    resumed = _train(killed, dataset, 3, "--resume")
+    assert resumed.wait() == 0, resumed.communicate()[0].decode()
+    want = json.loads((whole / "summary.json").read_text())
+    got = json.loads((killed / "summary.json").read_text())
+    assert got["params_hash"] == want["params_hash"]
+    assert got["test_accuracy"] == want["test_accuracy"]
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(_rows(killed)) == strip(_rows(whole))
