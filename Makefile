@@ -1,11 +1,14 @@
-# Two commands do all set-up on a fresh machine: `make gradcheck` (the main job) and `make test`.
+# Two commands do all set-up on a fresh machine: `make train` (the main job) and `make test`.
 # Each creates .venv if it is missing and installs the project into it; both are idempotent.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+WORKDIR ?= runs/fashion_mnist
+CONFIG ?= configs/default.py
 
-.PHONY: venv gradcheck compare-flax test lint format clean
+.PHONY: venv data train evaluate smoke-train gradcheck compare-flax test lint format clean
 
 venv: $(STAMP)
 
@@ -16,6 +19,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+# Fashion-MNIST's IDX files from Debian's package (MNIST comes from ../shared/data/mnist or TFDS).
+data:
+	@test -d $(FASHION_MNIST) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "note: $(FASHION_MNIST) is missing: 'sudo apt-get install -y dataset-fashion-mnist'," \
+	         "or set CNNJAX_DATA_DIR; TFDS downloads it where there is internet" >&2; \
+	  fi; }
+
+# Trains the reference CNN on Fashion-MNIST into $(WORKDIR); run again, it resumes (or, when the
+# run is finished, re-evaluates it): a run directory is never overwritten.
+train: $(STAMP) data
+	$(PY) -m experiments.train --config $(CONFIG) --workdir $(WORKDIR) \
+	  $$(test -f $(WORKDIR)/config.json && echo --resume)
+
+evaluate: $(STAMP)
+	$(PY) -m experiments.evaluate --workdir $(WORKDIR)
+
+# A brief real run (4,096 Fashion-MNIST training images, 2 epochs) into a fresh directory.
+smoke-train: $(STAMP) data
+	rm -rf runs/smoke
+	$(PY) -m experiments.train --config configs/smoke.py --workdir runs/smoke
+	$(PY) -m experiments.evaluate --workdir runs/smoke
 
 gradcheck: $(STAMP)
 	$(PY) -m experiments.gradcheck

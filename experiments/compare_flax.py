@@ -12,19 +12,17 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app
 from ml_collections import config_flags
 
+import experiments
 from cnnjax import data, flax_models, models, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/compare_flax.py")
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # no INFO lines from jax's start-up
+    experiments.begin(argv)
     config = _CONFIG.value
     if config.batch < 1:
         raise app.UsageError(f"--config.batch must be >= 1, got {config.batch}")

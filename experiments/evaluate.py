@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+import experiments
 from cnnjax import run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
@@ -16,10 +17,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    experiments.begin(argv)
     try:
         print(run.evaluation_report(_WORKDIR.value))
     except run.RunError as error:

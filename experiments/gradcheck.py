@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags, logging
+from absl import app
 from ml_collections import config_flags
 
+import experiments
 from cnnjax import gradcheck
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gradcheck.py")
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # no INFO lines from jax's start-up
+    experiments.begin(argv)
     config = _CONFIG.value
     start = time.perf_counter()
     rows = gradcheck.run_all(

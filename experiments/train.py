@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+import experiments
 from cnnjax import report, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py")
@@ -24,10 +25,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv) -> int:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # no INFO lines from jax's start-up
+    experiments.begin(argv)
     try:
         summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
     except run.RunError as error:

@@ -17,4 +17,4 @@ def test_readme_examples_run():
 
 def test_readme_first_screen_gives_the_two_commands():
     first_screen = "\n".join(README.read_text().splitlines()[:20])
-    assert "make gradcheck" in first_screen and "make test" in first_screen
+    assert "make train" in first_screen and "make test" in first_screen
