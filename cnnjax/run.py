@@ -128,7 +128,8 @@ def setup(config) -> Setup:
 
 
 def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
-    """One epoch in chunks of config.train.steps_per_chunk scanned steps; (state, means)."""
+    """One epoch in chunks of config.train.steps_per_chunk steps, writing a metrics line per
+    step after each chunk; returns (state, the epoch's mean loss and accuracy)."""
     images, labels = train_split
     idx_SB = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
     chunk, seen = config.train.steps_per_chunk, {"loss": [], "accuracy": []}
@@ -137,12 +138,13 @@ def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
         first_step = int(state.step)
         state, metrics = run_steps(state, images, labels, idx_SB[start : start + chunk])
         metrics = jax.device_get(metrics)
+        with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int steps and floats
+            rates = np.asarray(schedule(np.arange(first_step, first_step + len(metrics["loss"]))))
         for i, (loss, accuracy) in enumerate(
             zip(metrics["loss"], metrics["accuracy"], strict=True)
         ):
-            step = first_step + i + 1
-            writer.write(dict(kind="step", step=step, epoch=epoch + 1, loss=loss,
-                              accuracy=accuracy, learning_rate=schedule(step - 1)))  # fmt: skip
+            writer.write(dict(kind="step", step=first_step + i + 1, epoch=epoch + 1, loss=loss,
+                              accuracy=accuracy, learning_rate=rates[i]))  # fmt: skip
         if not np.all(np.isfinite(metrics["loss"])):
             bar.close()
             raise RunError(
