@@ -55,7 +55,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint
+test: lint data
 	$(PY) -m pytest
 
 format: $(STAMP)
