@@ -1,5 +1,5 @@
-"""Training: TrainState, the jitted train step, epochs as lax.scan over batches, the optimizer
-from config, and evaluation.
+"""Training: TrainState, the jitted train step and the steps of an epoch (a loop over it, or one
+lax.scan), the optimizer from config, and evaluation.
 
 Legend: images_NHWC the whole uint8 split (kept on the device; batches are gathered there),
 labels_N int32, x_BHWC one batch as float32 in [0, 1], idx_SB the example indices of S steps of
