@@ -199,3 +199,45 @@ def plot_confusion(cm_KK, class_names: Sequence[str] | None, path) -> None:
     ax.set_title(f"accuracy {overall:.2%} on {total} examples")
     figure.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
     _save(figure, path)
+
+
+# ---------------------------------------------------------------------- per-example views
+
+
+def plot_histogram(values_N, path, xlabel: str, title: str | None = None, bins: int = 60) -> None:
+    """A histogram of per-example values (e.g. gradient norms) on a log-spaced axis when they
+    span more than a factor of 100, with the median marked."""
+    values_N = np.asarray(values_N, np.float64)
+    values_N = values_N[np.isfinite(values_N)]
+    positive = values_N[values_N > 0]
+    log_axis = positive.size == values_N.size and positive.size > 0
+    log_axis = log_axis and positive.max() > 100 * positive.min()
+    edges = np.geomspace(positive.min(), positive.max(), bins + 1) if log_axis else bins
+    figure = _new_figure(6.4, 3.6)
+    ax = figure.subplots()
+    ax.hist(values_N, bins=edges, color="tab:blue", alpha=0.8)
+    ax.axvline(float(np.median(values_N)), color="tab:red", linestyle="--", label="median")
+    ax.set_xscale("log" if log_axis else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("examples")
+    ax.legend()
+    ax.set_title(title or f"{values_N.size} examples")
+    _save(figure, path)
+
+
+def plot_examples(images_NHWC, captions: Sequence[str], path, title: str | None = None) -> None:
+    """A grid of grayscale examples (first channel), each with its caption."""
+    images_NHWC = np.asarray(images_NHWC)
+    n = len(images_NHWC)
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    figure = _new_figure(1.5 * cols, 1.75 * rows + 0.4)
+    axes = figure.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(images_NHWC[i, :, :, 0], cmap="gray_r", interpolation="nearest")
+            ax.set_title(captions[i], fontsize=7, pad=2)
+    if title:
+        figure.suptitle(title)
+    _save(figure, path)

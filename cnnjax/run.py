@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from cnnjax import data, models, plots, report, train
+from cnnjax import data, losses, models, plots, report, train
 
 
 class RunError(RuntimeError):
@@ -234,3 +235,39 @@ def finish(workdir: Path, config, params, spec, test_split) -> dict:
     plots.plot_filters(np.asarray(params[first_conv]["kernel"]), workdir / "conv1_filters.png")
     plots.plot_confusion(cm, data.class_names(config.data.name), workdir / "confusion.png")
     return summary
+
+
+def per_example_report(workdir, top: int = 16, batch_size: int = 250) -> dict:
+    """Per-example losses and gradient norms of a run's last checkpoint over its test split:
+    per_example.npz, grad_norms.png (histogram) and hardest.png (the `top` highest losses)."""
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    run = setup(config)
+    state, epochs_done = restore(checkpoint_manager(workdir), run.state)
+    if epochs_done == 0:
+        raise RunError(f"{workdir} has no checkpoint yet (no epoch finished)")
+
+    @jax.jit
+    def batch(x_uint8, y):
+        x = train.to_float(x_uint8)
+        logits = models.batch_logits(state.params, x, run.spec)
+        norms = models.per_example_grad_norms(state.params, x, y, run.spec)
+        return losses.cross_entropy(logits, y), norms, jnp.argmax(logits, axis=-1)
+
+    images, labels = (np.asarray(a) for a in run.test_split)
+    parts = [batch(images[i : i + batch_size], labels[i : i + batch_size])
+             for i in range(0, len(labels), batch_size)]  # fmt: skip
+    loss_N, norm_N, pred_N = (np.concatenate([np.asarray(p[k]) for p in parts]) for k in range(3))
+    np.savez(workdir / "per_example.npz", loss=loss_N, grad_norm=norm_N, prediction=pred_N)
+    plots.plot_histogram(norm_N, workdir / "grad_norms.png", "per-example gradient norm",
+                         f"{config.data.name} test split, epoch {epochs_done}")  # fmt: skip
+    names = data.class_names(config.data.name)
+    hardest = np.argsort(-loss_N)[:top]
+    captions = [f"{names[labels[i]]} -> {names[pred_N[i]]}\nloss {loss_N[i]:.2f}" for i in hardest]
+    plots.plot_examples(images[hardest], captions, workdir / "hardest.png",
+                        f"the {top} highest test losses (true -> predicted)")  # fmt: skip
+    return dict(
+        examples=len(loss_N), mean_loss=float(loss_N.mean()),
+        median_grad_norm=float(np.median(norm_N)), max_grad_norm=float(norm_N.max()),
+        loss_norm_correlation=float(np.corrcoef(loss_N, norm_N)[0, 1]),
+    )  # fmt: skip

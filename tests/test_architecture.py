@@ -22,7 +22,7 @@ ALLOWED_INTERNAL = {
     "report": set(),
     "plots": {"report"},
     "train": {"ops", "losses", "models", "grads"},
-    "run": {"data", "models", "plots", "report", "train"},
+    "run": {"data", "losses", "models", "plots", "report", "train"},
 }
 # The math modules import only jax and numpy (plus the standard library above).
 PURE_MATH = {"ops", "losses", "models", "grads"}

@@ -142,3 +142,16 @@ def test_a_killed_run_resumes_to_the_uninterrupted_params_bit_for_bit(dataset, t
     assert got["test_accuracy"] == want["test_accuracy"]
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(_rows(killed)) == strip(_rows(whole))
+
+
+def test_per_example_report_ranks_examples_by_loss_and_measures_their_gradients(dataset, tmp_path):
+    run.fit(config_for(dataset, epochs=1), tmp_path / "run")
+    summary = run.per_example_report(tmp_path / "run", top=4)
+    assert summary["examples"] == TEST_N
+    saved = np.load(tmp_path / "run" / "per_example.npz")
+    assert saved["loss"].shape == saved["grad_norm"].shape == (TEST_N,)
+    assert np.all(saved["grad_norm"] >= 0) and summary["max_grad_norm"] == saved["grad_norm"].max()
+    # A wrong example gets a larger gradient than a confident right one: norms follow losses.
+    assert summary["loss_norm_correlation"] > 0.5
+    for name in ("grad_norms.png", "hardest.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

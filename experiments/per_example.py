@@ -1,0 +1,35 @@
+"""Per-example gradient norms and losses of a trained run over its test split.
+
+    python -m experiments.per_example --workdir runs/fashion_mnist
+
+Writes per_example.npz, grad_norms.png (a histogram) and hardest.png (the highest-loss test
+images with their true and predicted classes) into the run directory, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+import experiments
+from cnnjax import report, run
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
+_TOP = flags.DEFINE_integer("top", 16, "how many of the highest-loss examples to show")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv) -> int:
+    experiments.begin(argv)
+    try:
+        summary = run.per_example_report(_WORKDIR.value, top=_TOP.value)
+    except run.RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.summary_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
