@@ -173,6 +173,7 @@ def fit(config, workdir, *, resume: bool = False) -> dict:
         report.truncate_after(metrics_path, int(state.step))  # drop what the killed run logged
     writer = report.MetricsWriter(metrics_path)
     run_steps = train.make_train_steps(run.spec, run.optimizer, config)
+    test = None  # the last epoch's evaluation, reused by finish()
     for epoch in range(epochs_done, config.train.epochs):
         start = time.perf_counter()
         state, seen = _epoch(state, run_steps, run.train_split, epoch, config, writer, run.schedule)
@@ -184,17 +185,23 @@ def fit(config, workdir, *, resume: bool = False) -> dict:
                           seconds=time.perf_counter() - start))  # fmt: skip
         manager.save(epoch + 1, args=ocp.args.StandardSave(state))
     manager.wait_until_finished()
-    return finish(workdir, config, state.params, run.spec, run.test_split)
+    return finish(workdir, config, state.params, run.spec, run.test_split, test)
 
 
-def evaluation_report(workdir) -> str:
-    """The last checkpoint of a run on its test split: accuracy, per class, confusion matrix."""
-    workdir = Path(workdir)
+def last_checkpoint(workdir: Path):
+    """(config, Setup, state, epochs done) of a run's last checkpoint; an error if it has none."""
     config = load_config(workdir)
     run = setup(config)
     state, epochs_done = restore(checkpoint_manager(workdir), run.state)
     if epochs_done == 0:
         raise RunError(f"{workdir} has no checkpoint yet (no epoch finished)")
+    return config, run, state, epochs_done
+
+
+def evaluation_report(workdir) -> str:
+    """The last checkpoint of a run on its test split: accuracy, per class, confusion matrix."""
+    workdir = Path(workdir)
+    config, run, state, epochs_done = last_checkpoint(workdir)
     test = train.evaluate(state.params, *run.test_split, spec=run.spec,
                           batch_size=config.train.eval_batch_size)  # fmt: skip
     num_classes = data.num_classes(config.data.name)
@@ -213,9 +220,11 @@ def evaluation_report(workdir) -> str:
     return "\n".join(lines)
 
 
-def finish(workdir: Path, config, params, spec, test_split) -> dict:
+def finish(workdir: Path, config, params, spec, test_split, test=None) -> dict:
     """Evaluate, write summary.json and the plots, return the summary."""
-    test = train.evaluate(params, *test_split, spec=spec, batch_size=config.train.eval_batch_size)
+    if test is None:  # a resumed run that had already finished: evaluate its final params
+        test = train.evaluate(params, *test_split, spec=spec,
+                              batch_size=config.train.eval_batch_size)  # fmt: skip
     labels = np.asarray(test_split[1])
     num_classes = data.num_classes(config.data.name)
     cm = report.confusion_matrix(np.asarray(test["predictions"]), labels, num_classes)
@@ -241,11 +250,7 @@ def per_example_report(workdir, top: int = 16, batch_size: int = 250) -> dict:
     """Per-example losses and gradient norms of a run's last checkpoint over its test split:
     per_example.npz, grad_norms.png (histogram) and hardest.png (the `top` highest losses)."""
     workdir = Path(workdir)
-    config = load_config(workdir)
-    run = setup(config)
-    state, epochs_done = restore(checkpoint_manager(workdir), run.state)
-    if epochs_done == 0:
-        raise RunError(f"{workdir} has no checkpoint yet (no epoch finished)")
+    config, run, state, epochs_done = last_checkpoint(workdir)
 
     @jax.jit
     def batch(x_uint8, y):
