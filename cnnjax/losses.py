@@ -50,9 +50,11 @@ def _check_label_range(labels, num_classes: int):
 
 def target_distribution(logits, labels, label_smoothing: float = 0.0):
     """The probability target q for the logits: one_hot(labels) for integer labels, else the
-    given probabilities; with smoothing a, q = (1 - a) q + a / K."""
+    given probabilities; with smoothing a, q = (1 - a) q + a / K. a may be a traced scalar (a
+    population member's own value); it is range-checked when it is a Python number."""
     num_classes = logits.shape[-1]
-    if not 0.0 <= label_smoothing <= 1.0:
+    concrete = isinstance(label_smoothing, (int, float))
+    if concrete and not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     if _is_integer(labels):
         if jnp.shape(labels) != logits.shape[:-1]:
@@ -69,7 +71,7 @@ def target_distribution(logits, labels, label_smoothing: float = 0.0):
                 f"got {jnp.shape(labels)} (integer class ids need an integer dtype)"
             )
         target = jnp.asarray(labels, logits.dtype)
-    if label_smoothing:
+    if not (concrete and label_smoothing == 0):
         target = (1.0 - label_smoothing) * target + label_smoothing / num_classes
     return target
 

@@ -56,11 +56,17 @@ def learning_rate_schedule(optim, steps_per_epoch: int, epochs: int) -> optax.Sc
 
 
 def make_optimizer(optim, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum; weight decay adds wd * params to the gradient (L2)."""
+    """SGD with (Nesterov) momentum; weight decay adds wd * params to the gradient (L2).
+
+    The numbers (learning rate, momentum, weight decay) may be traced scalars, one population
+    member's own values (cnnjax.population); a traced momentum of 0 is plain SGD, as here."""
     schedule = learning_rate_schedule(optim, steps_per_epoch, epochs)
+    momentum = optim.momentum
+    if isinstance(momentum, (int, float)) and momentum == 0:
+        momentum = None  # no momentum buffer in the optimizer state
     return optax.chain(
         optax.add_decayed_weights(optim.weight_decay),
-        optax.sgd(schedule, momentum=optim.momentum or None, nesterov=optim.nesterov),
+        optax.sgd(schedule, momentum=momentum, nesterov=optim.nesterov),
     )
 
 
@@ -117,15 +123,21 @@ def to_float(images_uint8):
     return images_uint8.astype(jnp.float32) / 255.0
 
 
-def train_step(state: TrainState, images_NHWC, labels_N, idx_B, *, spec, optimizer, config):
-    """One SGD step on the examples idx_B, gathered from the on-device split."""
+def train_step(
+    state: TrainState, images_NHWC, labels_N, idx_B, *, spec, optimizer, config,
+    label_smoothing=None,
+):  # fmt: skip
+    """One SGD step on the examples idx_B, gathered from the on-device split. label_smoothing
+    (a population member's traced value) replaces config.train.label_smoothing if given."""
+    if label_smoothing is None:
+        label_smoothing = config.train.label_smoothing
     x_BHWC = to_float(jnp.take(images_NHWC, idx_B, axis=0))
     aug_key = jax.random.fold_in(jax.random.wrap_key_data(state.aug_key), state.step)
     x_BHWC = augment(x_BHWC, aug_key, shift=config.data.shift, flip=config.data.flip)
     labels_B = jnp.take(labels_N, idx_B, axis=0)
     loss, logits, g = loss_logits_grads(
         state.params, x_BHWC, labels_B, spec,
-        gradients=config.train.gradients, label_smoothing=config.train.label_smoothing,
+        gradients=config.train.gradients, label_smoothing=label_smoothing,
     )  # fmt: skip
     with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int counts and floats
         updates, opt_state = optimizer.update(g, state.opt_state, state.params)
