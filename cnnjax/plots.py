@@ -1,4 +1,5 @@
-"""Plots of a run as PNG files: training curves, learned conv filters, the confusion matrix.
+"""Plots of a run as PNG files: training curves, learned conv filters, the confusion matrix,
+per-example views and sweep results.
 
 Figures are drawn with `matplotlib.figure.Figure` on an Agg canvas, never pyplot, so importing
 or calling this module selects no global backend and opens no window. Every function overwrites
@@ -240,4 +241,50 @@ def plot_examples(images_NHWC, captions: Sequence[str], path, title: str | None 
             ax.set_title(captions[i], fontsize=7, pad=2)
     if title:
         figure.suptitle(title)
+    _save(figure, path)
+
+
+# ------------------------------------------------------------------------------- sweeps
+
+
+def plot_sweep_line(accuracy_by_x: Mapping[float, Sequence[float]], path, xlabel: str) -> None:
+    """Test accuracy against one swept number: the mean over seeds as a line, the min-max band
+    over seeds shaded, every seed's run a dot; a log x axis when x spans more than 10x."""
+    xs = np.array(sorted(accuracy_by_x), np.float64)
+    runs = [np.asarray(accuracy_by_x[x], np.float64) * 100 for x in xs]
+    figure = _new_figure(6.4, 4.0)
+    ax = figure.subplots()
+    ax.fill_between(xs, [r.min() for r in runs], [r.max() for r in runs], alpha=0.25,
+                    color="tab:blue", label="min-max over seeds")  # fmt: skip
+    ax.plot(xs, [r.mean() for r in runs], "o-", color="tab:blue", label="mean over seeds")
+    for x, r in zip(xs, runs, strict=True):
+        ax.plot(np.full(r.shape, x), r, ".", color="black", alpha=0.6)
+    if xs.min() > 0 and xs.max() > 10 * xs.min():
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"{sum(len(r) for r in runs)} runs, {len(xs)} settings")
+    _save(figure, path)
+
+
+def plot_sweep_heatmap(grid_YX, x_values, y_values, path, xlabel: str, ylabel: str) -> None:
+    """Mean test accuracy over a 2-D grid of settings, the value written in each cell (NaN: no
+    run that did not diverge)."""
+    grid_YX = np.asarray(grid_YX, np.float64) * 100
+    figure = _new_figure(1.1 * len(x_values) + 2.5, 0.7 * len(y_values) + 1.8)
+    ax = figure.subplots()
+    image = ax.imshow(grid_YX, cmap="viridis", aspect="auto", interpolation="nearest")
+    for (i, j), value in np.ndenumerate(grid_YX):
+        text = f"{value:.2f}" if np.isfinite(value) else "n/a"
+        ax.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
+    ax.set_xticks(range(len(x_values)), [f"{v:g}" if isinstance(v, float) else str(v)
+                                         for v in x_values])  # fmt: skip
+    ax.set_yticks(range(len(y_values)), [f"{v:g}" if isinstance(v, float) else str(v)
+                                         for v in y_values])  # fmt: skip
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title("mean test accuracy (%) over seeds")
+    figure.colorbar(image, ax=ax, shrink=0.8)
     _save(figure, path)

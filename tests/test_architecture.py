@@ -23,6 +23,9 @@ ALLOWED_INTERNAL = {
     "plots": {"report"},
     "train": {"ops", "losses", "models", "grads"},
     "run": {"data", "losses", "models", "plots", "report", "train"},
+    "population": {"report", "run", "train"},
+    "results": {"plots", "report"},
+    "sweep": {"models", "population", "report", "results", "run", "train"},
 }
 # The math modules import only jax and numpy (plus the standard library above).
 PURE_MATH = {"ops", "losses", "models", "grads"}

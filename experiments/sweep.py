@@ -1,0 +1,66 @@
+"""Run a hyperparameter sweep from a config file that defines get_sweep(), or merge a sharded one.
+
+    python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/sweep_lr
+    python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/s --shard 0/2
+    python -m experiments.sweep --workdir runs/s --merge        # once every shard has finished
+
+Members that differ only in numbers (learning rate, momentum, weight decay, label smoothing,
+seed) train together as one program. A killed sweep continues with --resume.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import experiments
+from cnnjax import results, run, sweep
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_sweep()")
+_WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory (created; never overwritten)")
+_SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n disjoint parts (0-based)")
+_RESUME = flags.DEFINE_bool("resume", False, "continue the sweep in --workdir")
+_MERGE = flags.DEFINE_bool("merge", False, "assemble the finished shards in --workdir")
+flags.mark_flag_as_required("workdir")
+
+
+def sweep_axes(path: str):
+    """get_sweep() of the config file at `path`."""
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise sweep.SweepError(f"{path} has no get_sweep(); a sweep config defines get_sweep() "
+                               "returning a list of axes (see configs/sweep_lr.py)")  # fmt: skip
+    return module.get_sweep()
+
+
+def main(argv) -> int:
+    experiments.begin(argv)
+    try:
+        if _MERGE.value:
+            rows, shard = sweep.merge(_WORKDIR.value), (0, 1)
+        elif _CONFIG.value is None:
+            raise sweep.SweepError("--config is required (a config file with get_sweep())")
+        else:
+            axes = sweep_axes(config_flags.get_config_filename(flags.FLAGS["config"]))
+            shard = sweep.parse_shard(_SHARD.value)
+            rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard,
+                             resume=_RESUME.value)  # fmt: skip
+    except run.RunError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if shard[1] > 1:
+        print(f"shard {shard[0]}/{shard[1]}: {len(rows)} members finished; once all shards are, "
+              f"run: python -m experiments.sweep --workdir {_WORKDIR.value} --merge")  # fmt: skip
+        return 0
+    print(results.settings_table(results.settings_summary(rows)))
+    print(f"sweep directory: {_WORKDIR.value}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,142 @@
+"""cnnjax.population: every layout trains each member exactly as its solo run does; a member
+that diverges is frozen and marked while the others go on; memory sizing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import population, train
+from tests.test_train import SMALL_SPEC, small_config, synthetic
+
+# Members differ from their solo runs only by float32 rounding: XLA fuses a grouped (vmap) or
+# looped (map) convolution differently from a single one (~1e-7 relative per op). Over the 32
+# steps here that stays far below 1e-4, while a member that got another's learning rate, seed
+# or data order is off by more than 1e-2 within a step or two.
+MEMBER_RTOL, MEMBER_ATOL = 1e-4, 1e-5
+EPOCHS = 2
+
+
+def member_configs():
+    """Three members differing in every traced number, the seed included; one has momentum 0."""
+    settings = [
+        dict(seed=0, learning_rate=0.05, momentum=0.9, weight_decay=5e-4, label_smoothing=0.1),
+        dict(seed=1, learning_rate=0.1, momentum=0.0, weight_decay=0.0, label_smoothing=0.0),
+        dict(seed=2, learning_rate=0.02, momentum=0.5, weight_decay=1e-3, label_smoothing=0.2),
+    ]
+    configs = []
+    for s in settings:
+        config = small_config("hand")
+        config.seed = s["seed"]
+        config.optim.update(learning_rate=s["learning_rate"], momentum=s["momentum"],
+                            weight_decay=s["weight_decay"])  # fmt: skip
+        config.train.label_smoothing = s["label_smoothing"]
+        config.train.epochs = EPOCHS
+        configs.append(config)
+    return configs
+
+
+def solo(config, images, labels):
+    """The member trained alone by train.py's own loop: (final state, loss per step)."""
+    steps = images.shape[0] // config.train.batch_size
+    optimizer = train.make_optimizer(config.optim, steps, config.train.epochs)
+    state = train.init_state(config.seed, SMALL_SPEC, images.shape[1:], optimizer)
+    run = train.make_train_steps(SMALL_SPEC, optimizer, config)
+    curve = []
+    for epoch in range(config.train.epochs):
+        idx = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
+        state, metrics = run(state, images, labels, idx)
+        curve += list(np.asarray(metrics["loss"]))
+    return state, np.array(curve)
+
+
+def together(configs, images, labels, layout):
+    """The members as one population: (final population, losses [S, M])."""
+    steps = images.shape[0] // configs[0].train.batch_size
+    pop = population.init(configs, SMALL_SPEC, images.shape[1:], steps)
+    step = population.make_step(SMALL_SPEC, configs[0], steps, layout)
+    losses = []
+    for epoch in range(configs[0].train.epochs):
+        idx_MSB = population.epoch_indices(pop, epoch, images.shape[0], configs[0].train.batch_size)
+        for s in range(idx_MSB.shape[1]):
+            pop, metrics = step(pop, images, labels, idx_MSB[:, s])
+            losses.append(np.asarray(metrics["loss"]))
+    return pop, np.stack(losses)
+
+
+@pytest.fixture(scope="module")
+def solo_runs():
+    images, labels = synthetic()
+    return images, labels, [solo(c, images, labels) for c in member_configs()]
+
+
+@pytest.mark.parametrize("layout", population.LAYOUTS)
+def test_each_member_trains_as_its_solo_run(solo_runs, layout):
+    images, labels, solos = solo_runs
+    pop, losses = together(member_configs(), images, labels, layout)
+    np.testing.assert_array_equal(pop.diverged_at, 0)
+    for k, (state, curve) in enumerate(solos):
+        np.testing.assert_allclose(losses[:, k], curve, rtol=MEMBER_RTOL, atol=MEMBER_ATOL)
+        mine = population.member(pop, k).state
+        assert int(mine.step) == int(state.step) == len(curve)
+        for a, b in zip(jax.tree.leaves(mine.params), jax.tree.leaves(state.params), strict=True):
+            np.testing.assert_allclose(a, b, rtol=MEMBER_RTOL, atol=MEMBER_ATOL)
+    # The members really differ: a mix-up of seeds or rates could not pass the loop above.
+    assert np.min(np.abs(losses[-1, 0] - losses[-1, 1:])) > 1e-3
+
+
+def test_a_diverging_member_is_frozen_and_marked_and_the_others_go_on(solo_runs):
+    images, labels, solos = solo_runs
+    configs = member_configs()
+    configs[1].optim.learning_rate = 1e30  # overflows float32 within a few steps
+    pop, losses = together(configs, images, labels, "unroll")
+    diverged_at = np.asarray(pop.diverged_at)
+    assert diverged_at[0] == diverged_at[2] == 0 and diverged_at[1] > 0
+    assert np.all(np.isnan(losses[diverged_at[1] - 1 :, 1]))
+    frozen = population.member(pop, 1).state
+    assert int(frozen.step) == diverged_at[1] - 1  # its last finite update
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(frozen.params))
+    for k in (0, 2):
+        np.testing.assert_allclose(losses[:, k], solos[k][1], rtol=MEMBER_RTOL, atol=MEMBER_ATOL)
+
+
+def test_same_population_twice_is_bit_identical():
+    images, labels = synthetic(n=64)
+    first, _ = together(member_configs(), images, labels, "unroll")
+    second, _ = together(member_configs(), images, labels, "unroll")
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_layout_names():
+    assert population.resolve_layout("auto") == "unroll"  # the test machine is a CPU
+    assert population.resolve_layout("vmap") == "vmap"
+    with pytest.raises(ValueError, match=r"sweep\.layout must be"):
+        population.resolve_layout("grouped")
+
+
+def test_memory_sizing():
+    images, labels = synthetic(n=64)
+    config = member_configs()[0]
+    per_member = population.member_bytes(SMALL_SPEC, config, 4, (images, labels))
+    state_bytes = 4 * sum(leaf.size for leaf in jax.tree.leaves(
+        population.init([config], SMALL_SPEC, images.shape[1:], 4).state.params))  # fmt: skip
+    assert per_member > 2 * state_bytes  # the params alone, in and out, are a lower bound
+    assert population.members_per_program(per_member, 10 * per_member) == 10
+    assert population.members_per_program(per_member, 10 * per_member, cap=4) == 4
+    assert population.members_per_program(per_member, per_member // 2) == 1
+    assert population.chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert population.available_bytes() > 0
+
+
+def test_momentum_zero_keeps_plain_sgd_numbers():
+    config = member_configs()[1]  # momentum 0
+    params = {"w": jnp.array([1.0, -2.0])}
+    g = {"w": jnp.array([0.5, 0.25])}
+    hyper = {k: jnp.float32(population.field(config, f)) for k, f in population.HYPER.items()}
+    traced = population.member_optimizer(config, hyper, 10)
+    plain = train.make_optimizer(config.optim, 10, config.train.epochs)
+    with jax.numpy_dtype_promotion("standard"):
+        a, _ = traced.update(g, traced.init(params), params)
+        b, _ = plain.update(g, plain.init(params), params)
+    np.testing.assert_array_equal(a["w"], b["w"])
