@@ -8,7 +8,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/fashion_mnist
 CONFIG ?= configs/default.py
 
-.PHONY: venv data train evaluate smoke-train gradcheck compare-flax test lint format clean
+.PHONY: venv data train evaluate smoke-train sweep smoke-sweep benchmark-sweep gradcheck \
+        compare-flax test lint format clean
 
 venv: $(STAMP)
 
@@ -44,6 +45,25 @@ smoke-train: $(STAMP) data
 	rm -rf runs/smoke
 	$(PY) -m experiments.train --config configs/smoke.py --workdir runs/smoke
 	$(PY) -m experiments.evaluate --workdir runs/smoke
+
+# A learning-rate x seed sweep (8 members, one program) into runs/sweep_lr; again, it resumes.
+SWEEP ?= configs/sweep_lr.py
+SWEEPDIR ?= runs/sweep_lr
+sweep: $(STAMP) data
+	$(PY) -m experiments.sweep --config $(SWEEP) --workdir $(SWEEPDIR) \
+	  $$(test -f $(SWEEPDIR)/sweep.json && echo --resume)
+
+# A brief real sweep (4 members, 1 epoch on 4,096 images) into a fresh directory, then the same
+# sweep in two shards and their merge.
+smoke-sweep: $(STAMP) data
+	rm -rf runs/sweep_smoke runs/sweep_smoke_shards
+	$(PY) -m experiments.sweep --config configs/sweep_smoke.py --workdir runs/sweep_smoke
+	$(PY) -m experiments.sweep --config configs/sweep_smoke.py --workdir runs/sweep_smoke_shards --shard 0/2
+	$(PY) -m experiments.sweep --config configs/sweep_smoke.py --workdir runs/sweep_smoke_shards --shard 1/2
+	$(PY) -m experiments.sweep --workdir runs/sweep_smoke_shards --merge
+
+benchmark-sweep: $(STAMP)
+	$(PY) -m experiments.benchmark_sweep --config $(SWEEP)
 
 gradcheck: $(STAMP)
 	$(PY) -m experiments.gradcheck

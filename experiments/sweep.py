@@ -10,7 +10,6 @@ seed) train together as one program. A killed sweep continues with --resume.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from absl import app, flags
@@ -27,17 +26,6 @@ _MERGE = flags.DEFINE_bool("merge", False, "assemble the finished shards in --wo
 flags.mark_flag_as_required("workdir")
 
 
-def sweep_axes(path: str):
-    """get_sweep() of the config file at `path`."""
-    spec = importlib.util.spec_from_file_location("sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise sweep.SweepError(f"{path} has no get_sweep(); a sweep config defines get_sweep() "
-                               "returning a list of axes (see configs/sweep_lr.py)")  # fmt: skip
-    return module.get_sweep()
-
-
 def main(argv) -> int:
     experiments.begin(argv)
     try:
@@ -46,7 +34,7 @@ def main(argv) -> int:
         elif _CONFIG.value is None:
             raise sweep.SweepError("--config is required (a config file with get_sweep())")
         else:
-            axes = sweep_axes(config_flags.get_config_filename(flags.FLAGS["config"]))
+            axes = experiments.sweep_axes(config_flags.get_config_filename(flags.FLAGS["config"]))
             shard = sweep.parse_shard(_SHARD.value)
             rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard,
                              resume=_RESUME.value)  # fmt: skip
