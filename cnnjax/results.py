@@ -70,6 +70,7 @@ def write_report(directory: Path, results: list[dict]) -> str:
 
     summary = settings_summary(results)
     table = settings_table(summary)
+    Path(directory).mkdir(parents=True, exist_ok=True)
     (Path(directory) / "table.txt").write_text(table + "\n")
     fields = list(summary[0]["setting"]) if summary else []
     numeric = all(isinstance(s["setting"][f], (int, float)) for s in summary for f in fields)

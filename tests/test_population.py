@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import population, train
+from cnnjax import population, report, train
 from tests.test_train import SMALL_SPEC, small_config, synthetic
 
 # Members differ from their solo runs only by float32 rounding: XLA fuses a grouped (vmap) or
@@ -140,3 +140,35 @@ def test_momentum_zero_keeps_plain_sgd_numbers():
         a, _ = traced.update(g, traced.init(params), params)
         b, _ = plain.update(g, plain.init(params), params)
     np.testing.assert_array_equal(a["w"], b["w"])
+
+
+def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    images, labels = synthetic(n=64)
+    splits = ((images, labels), (images[:32], labels[:32]))
+    configs = member_configs()
+    whole = population.fit(configs, [0, 1, 2], tmp_path / "whole", SMALL_SPEC, splits,
+                           layout="unroll", resume=False)  # fmt: skip
+    real_epoch = population._epoch
+
+    def dies_in_epoch_2(pop, step, train_split, epoch, config, label):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(pop, step, train_split, epoch, config, label)
+
+    monkeypatch.setattr(population, "_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        population.fit(configs, [0, 1, 2], tmp_path / "cut", SMALL_SPEC, splits,
+                       layout="unroll", resume=False)  # fmt: skip
+    monkeypatch.setattr(population, "_epoch", real_epoch)
+    resumed = population.fit(configs, [0, 1, 2], tmp_path / "cut", SMALL_SPEC, splits,
+                             layout="unroll", resume=True)  # fmt: skip
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = [
+        report.read_metrics(d / "metrics.jsonl") for d in (tmp_path / "cut", tmp_path / "whole")
+    ]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows[0]) == strip(rows[1])
+    assert [(r["epoch"], r["member"]) for r in rows[0]] == [
+        (e, m) for e in (1, 2) for m in range(3)
+    ]

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cnnjax import population, results, run, sweep
+from cnnjax import models, population, results, run, sweep
 from configs import default, sweep_lr, sweep_smoke
 from tests.test_run import REPO, config_for, dataset  # noqa: F401 (dataset is a fixture)
 
@@ -176,3 +176,34 @@ def test_the_command_line_names_a_misspelt_field_and_writes_nothing(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "did you mean 'optim.learning_rate'" in done.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_two_swept_numbers_draw_a_heat_map_and_one_draws_a_line(tmp_path):
+    rows = []
+    for i, (lr, wd, seed) in enumerate([(lr, wd, s) for lr in (0.1, 0.2) for wd in (0.0, 1e-4)
+                                        for s in (0, 1)]):  # fmt: skip
+        rows.append(dict(member=i, overrides={"optim.learning_rate": lr,
+                                              "optim.weight_decay": wd, "seed": seed},
+                         test_accuracy=0.8 + lr / 10 + seed / 100, test_loss=0.5,
+                         diverged_at=None))  # fmt: skip
+    table = results.write_report(tmp_path / "grid", rows)
+    assert (tmp_path / "grid" / "accuracy_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(table.splitlines()) == 1 + 4 and "82.50 ± 0.71" in table
+    results.write_report(tmp_path / "line", rows[:2])
+    assert (tmp_path / "line" / "accuracy_vs_learning_rate.png").exists()
+
+
+def test_members_that_change_shapes_train_as_separate_programs(dataset):  # noqa: F811
+    config = sweep_config(dataset)
+    overrides = sweep.expand(config, [{"train.batch_size": [16, 32]}, {"seed": [0, 1]}])
+    configs = {m: sweep.member_config(config, o) for m, o in enumerate(overrides)}
+    loaded = {sweep._data_key(config): run.load_data(config)}
+    settings = sweep.sweep_settings(config)
+    assert sweep.plan(configs, loaded, settings) == [[0, 1], [2, 3]]
+    settings["max_members"] = 1
+    assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
+    per_member = population.member_bytes(
+        models.SPECS["reference"], configs[0], 64, loaded[sweep._data_key(config)][0]
+    )
+    settings.update(max_members=0, memory_budget_mib=per_member / 2**20 * 1.5)  # room for one
+    assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
