@@ -189,7 +189,7 @@ def test_two_swept_numbers_draw_a_heat_map_and_one_draws_a_line(tmp_path):
     table = results.write_report(tmp_path / "grid", rows)
     assert (tmp_path / "grid" / "accuracy_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert len(table.splitlines()) == 1 + 4 and "82.50 ± 0.71" in table
-    results.write_report(tmp_path / "line", rows[:2])
+    results.write_report(tmp_path / "line", [result(0, 0.1, 0, 0.9), result(1, 0.2, 0, 0.8)])
     assert (tmp_path / "line" / "accuracy_vs_learning_rate.png").exists()
 
 
