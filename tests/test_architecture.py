@@ -19,6 +19,7 @@ ALLOWED_INTERNAL = {
     "gradcheck": {"ops", "losses", "models", "grads", "report"},
     "flax_models": {"ops", "losses", "models", "report"},
     "data": set(),
+    "parallel": set(),
     "report": set(),
     "plots": {"report"},
     "train": {"ops", "losses", "models", "grads"},
