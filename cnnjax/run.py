@@ -3,12 +3,17 @@
 A run directory holds config.json (the resolved config), metrics.jsonl (one JSON line per step
 and per epoch), checkpoints/<epochs done>/ (orbax), and at the end summary.json and PNG plots.
 An existing run is never overwritten: continuing it takes resume=True, with the same config.
+
+Training is data parallel over every device of every process (cnnjax.parallel): the state and
+the data are replicated, each step's batch is split over the devices. Every process takes part
+in every computation and checkpoint; only process 0 writes the other files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from cnnjax import data, losses, models, plots, report, train
+from cnnjax import data, losses, models, parallel, plots, report, train
 
 
 class RunError(RuntimeError):
@@ -36,7 +41,8 @@ def params_hash(params) -> str:
 
 
 def prepare_workdir(workdir: Path, config, resume: bool) -> None:
-    """Create the run directory, or check that resuming continues the same config."""
+    """Create the run directory, or check that resuming continues the same config. Every
+    process checks (they see the same files, so they fail alike); then process 0 writes."""
     config_path = workdir / "config.json"
     resolved = config.to_json_best_effort(indent=2, sort_keys=True)
     if resume:
@@ -53,8 +59,10 @@ def prepare_workdir(workdir: Path, config, resume: bool) -> None:
             f"{workdir} already holds a run; pass --resume to continue it, or choose a new "
             "--workdir (nothing was changed)"
         )
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(resolved + "\n")
+    parallel.barrier("cnnjax.run: workdir checked")  # before process 0 makes it non-empty
+    if parallel.is_primary():
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(resolved + "\n")
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
@@ -82,9 +90,10 @@ def restore(manager: ocp.CheckpointManager, template: train.TrainState):
     return train.TrainState(*state), epochs_done
 
 
-def load_data(config):
+def load_data(config, mesh=None):
     """((train images, labels), (test images, labels)) as device arrays: uint8 images; the
-    first config.data.train_examples training examples only, if that is > 0."""
+    first config.data.train_examples training examples only, if that is > 0. Given a mesh,
+    replicated on every device of it, else on the default device."""
     splits = []
     for split in ("train", "test"):
         images, labels = data.load(
@@ -96,7 +105,10 @@ def load_data(config):
                 images[: config.data.train_examples],
                 labels[: config.data.train_examples],
             )
-        splits.append((jax.device_put(images), jax.device_put(labels)))
+        if mesh is None:
+            splits.append((jax.device_put(images), jax.device_put(labels)))
+        else:
+            splits.append(parallel.put_replicated((images, labels), mesh))
     return splits
 
 
@@ -109,13 +121,15 @@ class Setup(NamedTuple):
     state: train.TrainState  # freshly initialised from config.seed
 
 
-def setup(config) -> Setup:
-    """Everything a run derives from its config: data, network, optimizer, initial state."""
+def setup(config, mesh=None) -> Setup:
+    """Everything a run derives from its config: data, network, optimizer, initial state, each
+    replicated on `mesh` (default: every device, cnnjax.parallel.make_mesh)."""
     if config.model.spec not in models.SPECS:
         raise RunError(f"config.model.spec must be one of {sorted(models.SPECS)}, got "
                        f"{config.model.spec!r}")  # fmt: skip
     spec = models.SPECS[config.model.spec]
-    train_split, test_split = load_data(config)
+    mesh = parallel.make_mesh() if mesh is None else mesh
+    train_split, test_split = load_data(config, mesh)
     steps_per_epoch = train_split[0].shape[0] // config.train.batch_size
     if steps_per_epoch == 0:
         raise RunError(
@@ -125,6 +139,7 @@ def setup(config) -> Setup:
     optimizer = train.make_optimizer(config.optim, steps_per_epoch, config.train.epochs)
     schedule = train.learning_rate_schedule(config.optim, steps_per_epoch, config.train.epochs)
     state = train.init_state(config.seed, spec, tuple(train_split[0].shape[1:]), optimizer)
+    state = parallel.put_replicated(state, mesh)
     return Setup(spec, train_split, test_split, optimizer, schedule, state)
 
 
@@ -133,8 +148,10 @@ def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
     step after each chunk; returns (state, the epoch's mean loss and accuracy)."""
     images, labels = train_split
     idx_SB = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
+    idx_SB = np.asarray(idx_SB)  # every process holds all of it; run_steps places the shards
     chunk, seen = config.train.steps_per_chunk, {"loss": [], "accuracy": []}
-    bar = report.progress(len(idx_SB), f"epoch {epoch + 1}/{config.train.epochs}")
+    bar = report.progress(len(idx_SB), f"epoch {epoch + 1}/{config.train.epochs}",
+                          enabled=None if parallel.is_primary() else False)  # fmt: skip
     for start in range(0, len(idx_SB), chunk):
         first_step = int(state.step)
         state, metrics = run_steps(state, images, labels, idx_SB[start : start + chunk])
@@ -161,18 +178,31 @@ def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
     return state, {k: float(np.mean(v)) for k, v in seen.items()}
 
 
+def metrics_writer(workdir: Path, resume_step: int | None) -> report.MetricsWriter:
+    """Process 0's writer of workdir/metrics.jsonl, after dropping the rows past resume_step
+    (what a killed run logged after its checkpoint); elsewhere a writer to /dev/null."""
+    if not parallel.is_primary():
+        return report.MetricsWriter(os.devnull)
+    if resume_step is not None:
+        report.truncate_after(workdir / "metrics.jsonl", resume_step)
+    return report.MetricsWriter(workdir / "metrics.jsonl")
+
+
 def fit(config, workdir, *, resume: bool = False) -> dict:
     """Train `config` in `workdir` (see the module docstring); returns the final summary."""
-    workdir = Path(workdir)
+    workdir, mesh = Path(workdir), parallel.make_mesh()
+    try:
+        parallel.check_divisible(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise RunError(f"config.train.batch_size: {error}: pass --config.train.batch_size=N; "
+                       "nothing was changed") from None  # fmt: skip
     prepare_workdir(workdir, config, resume)
-    run = setup(config)
+    run = setup(config, mesh)
     manager = checkpoint_manager(workdir, config.train.checkpoints_kept)
     state, epochs_done = restore(manager, run.state) if resume else (run.state, 0)
-    metrics_path = workdir / "metrics.jsonl"
-    if resume:
-        report.truncate_after(metrics_path, int(state.step))  # drop what the killed run logged
-    writer = report.MetricsWriter(metrics_path)
-    run_steps = train.make_train_steps(run.spec, run.optimizer, config)
+    writer = metrics_writer(workdir, int(state.step) if resume else None)
+    put_indices = lambda idx, axis: parallel.put_sharded(idx, mesh, axis)  # noqa: E731
+    run_steps = train.make_train_steps(run.spec, run.optimizer, config, put_indices)
     test = None  # the last epoch's evaluation, reused by finish()
     for epoch in range(epochs_done, config.train.epochs):
         start = time.perf_counter()
@@ -221,22 +251,28 @@ def evaluation_report(workdir) -> str:
 
 
 def finish(workdir: Path, config, params, spec, test_split, test=None) -> dict:
-    """Evaluate, write summary.json and the plots, return the summary."""
+    """Evaluate, write summary.json and the plots, return the summary. Every process evaluates;
+    process 0 alone reads the metrics file (steps, train_seconds: None elsewhere) and writes."""
     if test is None:  # a resumed run that had already finished: evaluate its final params
         test = train.evaluate(params, *test_split, spec=spec,
                               batch_size=config.train.eval_batch_size)  # fmt: skip
     labels = np.asarray(test_split[1])
     num_classes = data.num_classes(config.data.name)
     cm = report.confusion_matrix(np.asarray(test["predictions"]), labels, num_classes)
-    rows = report.read_metrics(workdir / "metrics.jsonl")
+    rows = report.read_metrics(workdir / "metrics.jsonl") if parallel.is_primary() else None
+    steps, seconds = (None, None) if rows is None else (
+        max((r["step"] for r in rows), default=0),
+        sum(r.get("seconds", 0.0) for r in rows if r["kind"] == "epoch"),
+    )  # fmt: skip
     summary = dict(
         test_accuracy=float(test["accuracy"]), test_loss=float(test["loss"]),
-        epochs=config.train.epochs, steps=max((r["step"] for r in rows), default=0),
-        train_seconds=sum(r.get("seconds", 0.0) for r in rows if r["kind"] == "epoch"),
+        epochs=config.train.epochs, steps=steps, train_seconds=seconds,
         params_hash=params_hash(params),
         per_class_accuracy=dict(zip(data.class_names(config.data.name),
                                     map(float, report.per_class_accuracy(cm)), strict=True)),
     )  # fmt: skip
+    if rows is None:
+        return summary
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plots.plot_curves(rows, workdir / "curves.png")
     first_conv = next(name for name, layer in zip(models.layer_names(spec), spec, strict=True)

@@ -146,13 +146,19 @@ def train_step(
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def make_train_steps(spec, optimizer, config):
+def make_train_steps(spec, optimizer, config, put_indices=None):
     """fn(state, images_NHWC, labels_N, idx_SB) -> (state, metrics of each of the S steps).
 
     The plain form is a Python loop over one jitted step (the state's buffers donated); with
     config.train.scan the S steps are one lax.scan, so the loop itself runs on the device. On
     XLA:CPU (jax 0.10.2, 2 cores) the scan is ~10x slower per step (convolutions inside a
-    while loop lose their fast path), so the loop is the default; on accelerators try both."""
+    while loop lose their fast path), so the loop is the default; on accelerators try both.
+
+    put_indices(idx, axis), if given, places the indices before they enter the jitted code:
+    each step's idx_B (axis 0) in the loop, the chunk's idx_SB (axis 1, the batch) for a scan;
+    e.g. split over a device mesh (cnnjax.parallel.put_sharded). The other arguments keep the
+    placement they come with, and jit partitions the step to match."""
+    put = put_indices or (lambda idx, axis: idx)
     step = functools.partial(train_step, spec=spec, optimizer=optimizer, config=config)
     if config.train.scan:
 
@@ -160,13 +166,16 @@ def make_train_steps(spec, optimizer, config):
             body = lambda s, idx_B: step(s, images_NHWC, labels_N, idx_B)  # noqa: E731
             return jax.lax.scan(body, state, idx_SB)
 
-        return jax.jit(scanned, donate_argnums=0)
+        jitted_scan = jax.jit(scanned, donate_argnums=0)
+        return lambda state, images_NHWC, labels_N, idx_SB: jitted_scan(
+            state, images_NHWC, labels_N, put(idx_SB, 1)
+        )
     jitted_step = jax.jit(step, donate_argnums=0)
 
     def loop(state, images_NHWC, labels_N, idx_SB):
         metrics = []
         for idx_B in idx_SB:
-            state, step_metrics = jitted_step(state, images_NHWC, labels_N, idx_B)
+            state, step_metrics = jitted_step(state, images_NHWC, labels_N, put(idx_B, 0))
             metrics.append(step_metrics)
         return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
 

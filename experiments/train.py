@@ -6,6 +6,10 @@
 
 A killed run continues from its last checkpoint with --resume (same config) and ends with the
 params an uninterrupted run ends with, bit for bit.
+
+Each batch is split over all local devices. Several processes (one per host) train one run
+with --coordinator=HOST:PORT (process 0's), --num_processes=N, --process_id=i (or
+$CNNJAX_COORDINATOR, ...), or --coordinator=auto under SLURM or Open MPI (one task per GPU).
 """
 
 from __future__ import annotations
@@ -16,21 +20,35 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import report, run
+from cnnjax import parallel, report, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; never overwritten)")
 _RESUME = flags.DEFINE_bool("resume", False, "continue the run in --workdir from its checkpoint")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "HOST:PORT of process 0, 'auto' (SLURM, Open MPI) or '' for one process; "
+    "default $CNNJAX_COORDINATOR"
+)  # fmt: skip
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "default $CNNJAX_NUM_PROCESSES")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "0 .. N-1; default $CNNJAX_PROCESS_ID")
 flags.mark_flag_as_required("workdir")
 
 
 def main(argv) -> int:
     experiments.begin(argv)
     try:
+        if parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+            print(parallel.describe(), flush=True)
+    except ValueError as error:  # flags that do not describe a set of processes
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
         summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
     except run.RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if not parallel.is_primary():
+        return 0  # process 0 prints the summary
     rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v))
             for k, v in summary.items() if not isinstance(v, dict)]  # fmt: skip
     print(report.format_table(("summary", ""), rows))

@@ -23,7 +23,7 @@ ALLOWED_INTERNAL = {
     "report": set(),
     "plots": {"report"},
     "train": {"ops", "losses", "models", "grads"},
-    "run": {"data", "losses", "models", "plots", "report", "train"},
+    "run": {"data", "losses", "models", "parallel", "plots", "report", "train"},
     "population": {"report", "run", "train"},
     "results": {"plots", "report"},
     "sweep": {"models", "population", "report", "results", "run", "train"},
