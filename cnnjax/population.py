@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnnjax import report, run, train
+from cnnjax import parallel, report, run, train
 
 LAYOUTS = ("vmap", "unroll", "map")
 # A member's own numbers: name -> the config field it comes from.
@@ -193,15 +193,16 @@ def restore(manager: ocp.CheckpointManager, template: Population):
     return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored)), epochs_done
 
 
-def _epoch(pop, step, train_split, epoch, config, label):
-    """One epoch of the population; returns (population, name -> float64[S, M])."""
+def _epoch(pop, step, train_split, epoch, config, label, mesh):
+    """One epoch of the population; returns (population, name -> float64[S, M]). Each step's
+    idx_MB is split over the mesh's devices along B (data parallel within every member)."""
     images, labels = train_split
     steps = images.shape[0] // config.train.batch_size
-    idx_MSB = epoch_indices(pop, epoch, images.shape[0], config.train.batch_size)
+    idx_MSB = np.asarray(epoch_indices(pop, epoch, images.shape[0], config.train.batch_size))
     bar = report.progress(steps, f"{label} epoch {epoch + 1}/{config.train.epochs}")
     seen = []
     for s in range(steps):
-        pop, metrics = step(pop, images, labels, idx_MSB[:, s])
+        pop, metrics = step(pop, images, labels, parallel.put_sharded(idx_MSB[:, s], mesh, 1))
         seen.append(metrics)
         if (s + 1) % config.train.steps_per_chunk == 0 or s + 1 == steps:
             jax.block_until_ready(metrics)  # the bar shows finished steps, not queued ones
@@ -211,17 +212,24 @@ def _epoch(pop, step, train_split, epoch, config, label):
 
 
 def fit(configs, members: list[int], directory: Path, spec, splits, *, layout: str,
-        resume: bool, label: str = "population") -> Population:  # fmt: skip
+        resume: bool, label: str = "population", mesh=None) -> Population:  # fmt: skip
     """Train `configs` (one program: they differ only in HYPER and seed) as one population in
     `directory`: metrics.jsonl (a line per member per epoch, `member` = its index in `members`
     order) and checkpoints/<epochs done>/ of the whole population; resume=True continues
-    from the last checkpoint. Returns the final population."""
+    from the last checkpoint. The population is replicated on `mesh` (default: every device of
+    this process; `splits` should be placed there too, see run.load_data) and each batch split
+    over it. Returns the final population."""
     config, (train_split, test_split) = configs[0], splits
+    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    try:
+        parallel.check_divisible(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise run.RunError(f"config.train.batch_size: {error}") from None
     steps = train_split[0].shape[0] // config.train.batch_size
     if steps == 0:
         raise run.RunError(f"the training split has {train_split[0].shape[0]} examples, fewer "
                            f"than one batch of {config.train.batch_size}")  # fmt: skip
-    pop = init(configs, spec, tuple(train_split[0].shape[1:]), steps)
+    pop = parallel.put_replicated(init(configs, spec, tuple(train_split[0].shape[1:]), steps), mesh)
     manager = run.checkpoint_manager(directory, config.train.checkpoints_kept)
     pop, epochs_done = restore(manager, pop) if resume else (pop, 0)
     if resume:
@@ -230,7 +238,7 @@ def fit(configs, members: list[int], directory: Path, spec, splits, *, layout: s
     with report.MetricsWriter(directory / "metrics.jsonl") as writer:
         for epoch in range(epochs_done, config.train.epochs):
             start = time.perf_counter()
-            pop, seen = _epoch(pop, step, train_split, epoch, config, label)
+            pop, seen = _epoch(pop, step, train_split, epoch, config, label, mesh)
             seconds = time.perf_counter() - start
             for k, index in enumerate(members):
                 test = train.evaluate(member(pop, k).state.params, *test_split, spec=spec,

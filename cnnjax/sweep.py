@@ -24,9 +24,10 @@ import itertools
 import json
 from pathlib import Path
 
+import jax
 import ml_collections
 
-from cnnjax import models, population, report, results, run, train
+from cnnjax import models, parallel, population, report, results, run, train
 
 
 class SweepError(run.RunError):
@@ -176,7 +177,11 @@ def _prepare(directory: Path, description: dict, resume: bool) -> None:
     path.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
 
 
-def _check_member(config) -> None:
+def _check_member(config, mesh) -> None:
+    try:
+        parallel.check_divisible(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise SweepError(f"train.batch_size: {error}") from None
     if config.model.spec not in models.SPECS:
         raise SweepError(f"model.spec must be one of {sorted(models.SPECS)}, got "
                          f"{config.model.spec!r}")  # fmt: skip
@@ -221,8 +226,9 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
     layout = population.resolve_layout(settings["layout"])
     mine = shard_members(len(overrides), shard)
     configs = {m: member_config(config, overrides[m]) for m in mine}
+    mesh = parallel.make_mesh(jax.local_devices())  # one process; across hosts, use --shard
     for member in configs.values():
-        _check_member(member)
+        _check_member(member, mesh)
     directory = shard_dir(workdir, shard)
     description = dict(fingerprint=fingerprint(config, axes), shard=list(shard), layout=layout,
                        config=json.loads(config.to_json_best_effort()), axes=axes)  # fmt: skip
@@ -230,7 +236,7 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
     loaded = {}
     for member in configs.values():
         if _data_key(member) not in loaded:
-            loaded[_data_key(member)] = run.load_data(member)
+            loaded[_data_key(member)] = run.load_data(member, mesh)
     plan_path = directory / "plan.json"
     if plan_path.exists():
         populations = json.loads(plan_path.read_text())
@@ -243,7 +249,7 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
         if set(members) <= done:
             continue
         rows = _fit_population(p, len(populations), members, configs, overrides, loaded,
-                               directory, layout, resume)  # fmt: skip
+                               directory, layout, resume, mesh)  # fmt: skip
         with report.MetricsWriter(results_path) as writer:
             for row in rows:
                 writer.write(row)
@@ -253,14 +259,16 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
     return finished
 
 
-def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume):
+def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume,
+                    mesh):  # fmt: skip
     configs_p = [configs[m] for m in members]
     first = configs_p[0]
     splits = loaded[_data_key(first)]
     pdir = directory / "populations" / str(p)
     pop = population.fit(configs_p, members, pdir, models.SPECS[first.model.spec], splits,
                          layout=layout, resume=resume and pdir.exists(),
-                         label=f"population {p + 1}/{count} ({len(members)} members)")  # fmt: skip
+                         label=f"population {p + 1}/{count} ({len(members)} members)",
+                         mesh=mesh)  # fmt: skip
     last = {r["member"]: r for r in report.read_metrics(pdir / "metrics.jsonl", "epoch")
             if r["epoch"] == first.train.epochs}  # fmt: skip
     seconds = sum(r["seconds"] for r in report.read_metrics(pdir / "metrics.jsonl", "epoch")

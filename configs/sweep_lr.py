@@ -24,6 +24,6 @@ def get_config():
 def get_sweep():
     """Axes multiply; the fields inside one axis are zipped (see cnnjax/sweep.py)."""
     return [
-        {"optim.learning_rate": [0.02, 0.05, 0.1, 0.2]},
+        {"optim.learning_rate": [0.05, 0.1, 0.2, 0.4]},
         {"seed": [0, 1]},
     ]

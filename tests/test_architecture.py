@@ -24,9 +24,10 @@ ALLOWED_INTERNAL = {
     "plots": {"report"},
     "train": {"ops", "losses", "models", "grads"},
     "run": {"data", "losses", "models", "parallel", "plots", "report", "train"},
-    "population": {"report", "run", "train"},
+    "population": {"parallel", "report", "run", "train"},
+    "benchmark": {"models", "population", "train"},
     "results": {"plots", "report"},
-    "sweep": {"models", "population", "report", "results", "run", "train"},
+    "sweep": {"models", "parallel", "population", "report", "results", "run", "train"},
 }
 # The math modules import only jax and numpy (plus the standard library above).
 PURE_MATH = {"ops", "losses", "models", "grads"}

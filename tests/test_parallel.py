@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from cnnjax import parallel, report, run, train
-from tests import test_run
+from cnnjax import parallel, population, report, run, train
+from tests import test_population, test_run
 from tests.test_run import REPO, config_for
 from tests.test_train import SMALL_SPEC, small_config, synthetic
 
@@ -132,6 +132,22 @@ def _steps_on(devices, config, put=None, steps=8):
     return state.params, replicated, mesh
 
 
+def _population_on(devices, layout, steps=4):
+    """Members' params after `steps` steps of a 2-member population (cnnjax.population) whose
+    batches are split over a mesh of `devices`, as a sweep runs them."""
+    configs = test_population.member_configs()[:2]
+    batch = configs[0].train.batch_size
+    images, labels = synthetic(n=steps * batch)
+    mesh = parallel.make_mesh(devices)
+    pop = population.init(configs, SMALL_SPEC, images.shape[1:], steps)
+    pop, images, labels = parallel.put_replicated((pop, images, labels), mesh)
+    step = population.make_step(SMALL_SPEC, configs[0], steps, layout)
+    idx_MSB = np.asarray(population.epoch_indices(pop, 0, images.shape[0], batch))
+    for s in range(steps):
+        pop, _ = step(pop, images, labels, parallel.put_sharded(idx_MSB[:, s], mesh, 1))
+    return pop.state.params
+
+
 def four_devices(source_dir, tfds_dir, workdir) -> dict:
     """The 4-device half: steps and a short run on 4 devices, and a refused batch of 30."""
     assert jax.device_count() == 4, jax.devices()
@@ -141,6 +157,10 @@ def four_devices(source_dir, tfds_dir, workdir) -> dict:
         one_device[name], _, _ = _steps_on(jax.devices()[:1], config)
         four, replicated, mesh = _steps_on(jax.devices(), config)
         out[name] = {"rel_diff": _max_rel_diff(four, one_device[name]), "replicated": replicated}
+    for layout in ("unroll", "vmap"):
+        out[f"population_{layout}"] = _max_rel_diff(
+            _population_on(jax.devices(), layout), _population_on(jax.devices()[:1], layout)
+        )
     placed = parallel.put_sharded(np.arange(16), mesh, axis=0)
     out["shard_shapes"] = [s.data.shape for s in placed.addressable_shards]
 
@@ -178,9 +198,15 @@ def test_four_devices_train_like_one(dataset, one_device_run, tmp_path):
     for name in ("hand", "autodiff", "scan"):
         assert out[name]["rel_diff"] <= PARAMS_RTOL, (name, out[name])
         assert out[name]["replicated"], name  # params and optimizer state stay replicated
+    for layout in ("unroll", "vmap"):  # a sweep's members, each data parallel over 4 devices
+        assert out[f"population_{layout}"] <= PARAMS_RTOL, (layout, out)
     assert out["shard_shapes"] == [[4]] * 4  # each device holds a quarter of the batch
     assert out["planted_rel_diff"] > 100 * PARAMS_RTOL  # the tolerance sees a real fault
     rel_diff = _max_rel_diff(_final_params(tmp_path / "run"), _final_params(one_device_run))
+    print(
+        f"1 vs 4 devices, populations: {out['population_unroll']:.2e} (unroll), "
+        f"{out['population_vmap']:.2e} (vmap)"
+    )
     print(f"1 vs 4 devices, steps: {[out[n]['rel_diff'] for n in ('hand', 'autodiff', 'scan')]}, "
           f"one epoch: {rel_diff:.2e}, planted fault: {out['planted_rel_diff']:.2e}")  # fmt: skip
     assert rel_diff <= PARAMS_RTOL

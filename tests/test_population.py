@@ -150,10 +150,10 @@ def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, mo
                            layout="unroll", resume=False)  # fmt: skip
     real_epoch = population._epoch
 
-    def dies_in_epoch_2(pop, step, train_split, epoch, config, label):
+    def dies_in_epoch_2(pop, step, train_split, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real_epoch(pop, step, train_split, epoch, config, label)
+        return real_epoch(pop, step, train_split, epoch, *args)
 
     monkeypatch.setattr(population, "_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
