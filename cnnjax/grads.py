@@ -347,15 +347,72 @@ def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing
     return loss, h, grads
 
 
-def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
-    """(batch-mean loss, logits_NK, batch-mean gradient) by manual backprop, vmapped over the
-    examples (XLA fuses the per-example parameter gradients into their batch sum)."""
+def backprop_plain(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
+    """(batch-mean loss, logits_NK, batch-mean gradient): example_backprop vmapped over the
+    examples and averaged. The plain formulation; `backprop` computes the same faster."""
     per_example = jax.vmap(
         lambda x, y: example_backprop(params, x, y, spec, label_smoothing=label_smoothing)
     )
     losses_N, logits_NK, grads_N = per_example(x_NHWC, labels_N)
     n = x_NHWC.shape[0]
     return jnp.mean(losses_N), logits_NK, jax.tree.map(lambda g: jnp.sum(g, axis=0) / n, grads_N)
+
+
+def conv2d_kernel_grad_batch(x_NHWC, dy_NHWO, kernel_hw, *, stride=1, padding="VALID"):
+    """dL/dw of a batch: sum over n of conv2d_vjp's dw, i.e.
+
+        dL/dw[m, q, c, o] = sum_{n, i, j} xpad[n, i*s + m, j*s + q, c] dy[n, i, j, o]
+
+    computed as ONE convolution in which the examples are the contracted "input features"
+    (x read as C x H x W x N, the error as N x H' x W' x O, dilated by the stride). Vmapping
+    conv2d_vjp instead gives a convolution per example (a grouped convolution, several times
+    slower on XLA:CPU) and then sums them."""
+    (kh, kw), stride_hw = kernel_hw, ops.as_pair(stride, "stride")
+    pads = ops.explicit_padding(x_NHWC.shape[1:3], (kh, kw), stride_hw, padding)
+    ho, wo = dy_NHWO.shape[1:3]
+    used_h, used_w = (ho - 1) * stride_hw[0] + kh, (wo - 1) * stride_hw[1] + kw
+    xpad = jnp.pad(x_NHWC, ((0, 0), *pads, (0, 0)))[:, :used_h, :used_w]
+    return lax.conv_general_dilated(
+        xpad, dy_NHWO, window_strides=(1, 1), padding="VALID", rhs_dilation=stride_hw,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )  # fmt: skip
+
+
+def _layer_vjp_batch(layer: models.Layer, p, x_N, dy_N):
+    """layer_vjp for a batch: dx per example (vmapped rules) and dparams summed over examples."""
+    if isinstance(layer, models.Conv):
+        dx = jax.vmap(lambda x, dy: conv2d_vjp(x, p["kernel"], dy, stride=layer.stride,
+                                               padding=layer.padding)[0])(x_N, dy_N)  # fmt: skip
+        dw = conv2d_kernel_grad_batch(x_N, dy_N, p["kernel"].shape[:2], stride=layer.stride,
+                                      padding=layer.padding)  # fmt: skip
+        return dx, {"kernel": dw, "bias": jnp.sum(dy_N, axis=(0, 1, 2))}
+    if isinstance(layer, models.Dense):  # dw = sum_n outer(x_n, dy_n) = x^T dy
+        return dy_N @ p["kernel"].T, {"kernel": x_N.T @ dy_N, "bias": jnp.sum(dy_N, axis=0)}
+    return jax.vmap(lambda x, dy: layer_vjp(layer, p, x, dy)[0])(x_N, dy_N), None
+
+
+def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
+    """(batch-mean loss, logits_NK, batch-mean gradient) by manual backprop over the batch: the
+    forward pass and every dx are the one-example functions vmapped; each parameter gradient is
+    summed over the examples inside one op (conv2d_kernel_grad_batch, x^T dy for dense).
+    Equal to backprop_plain within float rounding (tests/test_grads.py)."""
+    layer_ps = models.layer_params(params, spec)
+    inputs, h = [], x_NHWC
+    for layer, p in zip(spec, layer_ps, strict=True):
+        inputs.append(h)
+        h = jax.vmap(lambda x, layer=layer, p=p: models.layer_apply(layer, p, x))(h)
+    ce = functools.partial(losses.cross_entropy, label_smoothing=label_smoothing)
+    losses_N = jax.vmap(ce)(h, labels_N)
+    n = x_NHWC.shape[0]
+    ce_vjp = functools.partial(cross_entropy_vjp, label_smoothing=label_smoothing)
+    dy = jax.vmap(ce_vjp)(h, labels_N) / n  # the batch mean's 1/N, applied once at the top
+    grads = {}
+    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
+    for layer, p, name, x_in in reversed(list(steps)):
+        dy, dparams = _layer_vjp_batch(layer, p, x_in, dy)
+        if name is not None:
+            grads[name] = dparams
+    return jnp.mean(losses_N), h, grads
 
 
 def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):

@@ -251,3 +251,35 @@ def test_an_error_of_the_wrong_shape_is_named():
         grads.dense_vjp(jnp.zeros(2), jnp.zeros((2, 3)), jnp.zeros(2))
     with pytest.raises(ValueError, match=r"flatten output's shape \(72,\)"):
         grads.flatten_vjp(x, jnp.zeros(71))
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "kernel_hw"),
+    [(1, "VALID", (3, 3)), (2, "SAME", (3, 3)), ((2, 1), ((1, 0), (2, 1)), (2, 4)),
+     (3, "VALID", (2, 2))],
+)  # fmt: skip
+def test_batch_kernel_grad_is_the_sum_of_the_per_example_ones(stride, padding, kernel_hw):
+    with jax.enable_x64(True):  # the same sums in another order: float64 leaves ~1e-15
+        x = jax.random.normal(jax.random.key(0), (5, 9, 8, 3), jnp.float64)
+        w = jax.random.normal(jax.random.key(1), (*kernel_hw, 3, 4), jnp.float64)
+        out = ops.conv2d_shape(x.shape[1:], w.shape, stride=stride, padding=padding)
+        dy = jax.random.normal(jax.random.key(2), (5, *out), jnp.float64)
+        per_example = jax.vmap(lambda a, d: grads.conv2d_vjp(a, w, d, stride=stride,
+                                                            padding=padding)[1])(x, dy)  # fmt: skip
+        got = grads.conv2d_kernel_grad_batch(x, dy, kernel_hw, stride=stride, padding=padding)
+        np.testing.assert_allclose(got, per_example.sum(0), rtol=F64_TOL, atol=F64_TOL)
+
+
+@pytest.mark.parametrize(("spec", "shape"), SPECS)
+def test_batch_backprop_equals_the_plain_vmapped_one(spec, shape):
+    with jax.enable_x64(True):
+        params = models.init(jax.random.key(0), spec, shape)
+        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+        num_classes = models.output_shapes(spec, shape)[-1][0]
+        x = jax.random.normal(jax.random.key(1), (6, *shape), jnp.float64)
+        labels = jnp.arange(6) % num_classes
+        kw = dict(static_argnums=3, static_argnames="label_smoothing")
+        fast = jax.jit(grads.backprop, **kw)(params, x, labels, spec, label_smoothing=0.1)
+        plain = jax.jit(grads.backprop_plain, **kw)(params, x, labels, spec, label_smoothing=0.1)
+        for f, p in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
+            np.testing.assert_allclose(f, p, rtol=1e-10, atol=F64_TOL)
