@@ -25,6 +25,7 @@ ALLOWED_INTERNAL = {
     "train": {"ops", "losses", "models", "grads"},
     "run": {"data", "losses", "models", "parallel", "plots", "report", "train"},
     "population": {"parallel", "report", "run", "train"},
+    "peers": {"flax_models", "models"},
     "benchmark": {"models", "population", "train"},
     "results": {"plots", "report"},
     "sweep": {"models", "parallel", "population", "report", "results", "run", "train"},
