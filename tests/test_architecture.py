@@ -26,7 +26,7 @@ ALLOWED_INTERNAL = {
     "run": {"data", "losses", "models", "parallel", "plots", "report", "train"},
     "population": {"parallel", "report", "run", "train"},
     "peers": {"flax_models", "models"},
-    "benchmark": {"models", "population", "train"},
+    "benchmark": {"models", "ops", "peers", "population", "report", "run", "train"},
     "results": {"plots", "report"},
     "sweep": {"models", "parallel", "population", "report", "results", "run", "train"},
 }
