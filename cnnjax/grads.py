@@ -143,17 +143,17 @@ def conv2d_vjp(x_HWC, w_HWIO, dy_HWO, *, stride=1, padding="VALID"):
         padding="VALID", rhs_dilation=stride_hw, dimension_numbers=("HWNC", "HWIO", "HWNC"),
     )  # fmt: skip
 
+    # The full convolution: the error dilated by the stride (lhs_dilation puts s - 1 zeros
+    # between its entries) and padded by k - 1, plus the rows no window reached, correlated with
+    # the flipped, transposed kernel. Letting the convolution pad and dilate, rather than
+    # padding the error first, measured ~2x faster on XLA:CPU.
     extra_h, extra_w = xpad.shape[0] - used_h, xpad.shape[1] - used_w
-    zero = jnp.zeros((), dy_HWO.dtype)
-    dyd_full = lax.pad(
-        dy_HWO,
-        zero,
-        ((kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1), (0, 0, 0)),
-    )
     w_flipped_HWOI = jnp.flip(w_HWIO, axis=(0, 1)).transpose(0, 1, 3, 2)
     dxpad = lax.conv_general_dilated(
-        dyd_full[None], w_flipped_HWOI, (1, 1), "VALID", dimension_numbers=_DIMS
-    )[0]
+        dy_HWO[None], w_flipped_HWOI, window_strides=(1, 1),
+        padding=((kh - 1, kh - 1 + extra_h), (kw - 1, kw - 1 + extra_w)),
+        lhs_dilation=stride_hw, dimension_numbers=_DIMS,
+    )[0]  # fmt: skip
     return _crop(dxpad, pads, x_HWC.shape[:2]), dw_HWIO, db_O
 
 
