@@ -289,7 +289,9 @@ def measure(method, batch_size, config, *, steps, repeats, eval_images, evaluate
     steps, and (if `evaluate`) forward img/s over `eval_images` images in batches of EVAL_BATCH.
     compile_s is the first window's seconds minus a steady window's (tracing, compilation and
     first-call set-up). Memory: ru_maxrss, the process's peak resident memory, and its growth
-    over the resident memory after the imports and the data, before the method was built."""
+    over the resident memory after the imports and the data, before the method was built.
+    load_average: the machine's 1-minute load at the end; the measurement itself makes up to the
+    core count, more means other processes shared the cores."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method in TORCH_METHODS:
@@ -313,8 +315,10 @@ def measure(method, batch_size, config, *, steps, repeats, eval_images, evaluate
     if evaluate:
         first, seconds, _ = _timed(eval_window, repeats)
         row["eval"] = dict(method=method, images=eval_images, **_rates(eval_images, first, seconds))
-    peak = _peak_rss_mib()
-    return dict(row, peak_rss_mib=peak, rss_growth_mib=peak - baseline_mib)
+    peak, load = _peak_rss_mib(), os.getloadavg()[0]
+    if evaluate:
+        row["eval"]["load_average"] = load
+    return dict(row, peak_rss_mib=peak, rss_growth_mib=peak - baseline_mib, load_average=load)
 
 
 # --------------------------------------------------------------------------- cnnjax vs its peers
@@ -415,7 +419,7 @@ def _table(header, rows, right, markdown: bool) -> str:
 def _rates_cells(r) -> tuple:
     return (f"{r['img_per_s']:,.0f}", f"{r['img_per_s_min']:,.0f}-{r['img_per_s_max']:,.0f}",
             f"{r['ratio']:.2f}", f"{r['compile_s']:.1f}", f"{r['gflop_per_s']:.1f}",
-            f"{100 * r['peak_fraction']:.1f}%")  # fmt: skip
+            f"{100 * r['peak_fraction']:.1f}%", f"{r['load_average']:.1f}")  # fmt: skip
 
 
 def format_results(results: dict, *, markdown: bool = False) -> str:
@@ -423,7 +427,7 @@ def format_results(results: dict, *, markdown: bool = False) -> str:
     (plain text, or markdown)."""
     m, peak, flops, s = (results[k] for k in ("machine", "matmul", "flops", "settings"))
     header = ("batch", "method", "img/s", "min-max", "vs fastest", "compile s", "GFLOP/s",
-              "% of peak", "peak RSS MiB", "RSS growth MiB")  # fmt: skip
+              "% of peak", "load", "peak RSS MiB", "RSS growth MiB")  # fmt: skip
     train_rows = [(r["batch"], r["method"], *_rates_cells(r), f"{r['peak_rss_mib']:,.0f}",
                    f"{r['rss_growth_mib']:,.0f}") for r in results["train"]]  # fmt: skip
     eval_rows = [(r["method"], *_rates_cells(r)) for r in results["eval"]]
@@ -438,11 +442,13 @@ def format_results(results: dict, *, markdown: bool = False) -> str:
         f"training: img/s is the median of {s['repeats']} timed windows of "
         f"~{s['images_per_window']} images (min-max beside it); vs fastest = img/s / the "
         "fastest img/s at that batch size;"
-        " memory: the measuring process's peak RSS (ru_maxrss: interpreter, imports, data,"
-        " model, compiler) and its growth over the RSS after imports and data",
-        _table(header, train_rows, (0, *range(2, 10)), markdown),
+        " load: the 1-minute load average as the row finished (the measurement itself makes up"
+        f" to {m['cores']}; more: other processes shared the cores); memory: the measuring"
+        " process's peak RSS (ru_maxrss: interpreter, imports, data, model, compiler) and its"
+        " growth over the RSS after imports and data",
+        _table(header, train_rows, (0, *range(2, 11)), markdown),
         f"evaluation: forward only, {s['eval_images']} images in batches of {s['eval_batch']}",
-        _table(("method", *header[2:8]), eval_rows, range(1, 7), markdown),
+        _table(("method", *header[2:9]), eval_rows, range(1, 8), markdown),
         *(f"note: {note}" for note in results["notes"]),
         f"benchmark wall time {results['seconds']:.0f} s",
     ]  # fmt: skip

@@ -68,7 +68,7 @@ def test_peers_vs_cnnjax_rows_are_complete_and_consistent(tmp_path):
     for r in rows:
         assert r["steps"] == 2 and np.isfinite(r["loss"])
         assert r["gflop_per_s"] == pytest.approx(r["img_per_s"] * 15_786_240 / 1e9)
-        assert 0 < r["rss_growth_mib"] < r["peak_rss_mib"]
+        assert 0 < r["rss_growth_mib"] < r["peak_rss_mib"] and r["load_average"] >= 0
     assert [r["method"] for r in results["eval"]] == list(methods)
     _check_relative(results["eval"], peak)
     assert results["machine"]["cores"] >= 1 and results["machine"]["jax"]
