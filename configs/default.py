@@ -2,9 +2,8 @@
 
     python -m experiments.train --config configs/default.py --workdir runs/fashion_mnist
 
-Expect: 92.29% test accuracy after 30 epochs (14,040 steps of 128), 658 s of training and
-11.3 minutes in all on 2 CPU cores (x86_64, jax 0.10.2, CPU); 92.03% if stopped at 20 epochs
-(--config.train.epochs=20, 7 minutes).
+Expect: 92.36% test accuracy after 30 epochs (14,040 steps of 128), 601 s of training and
+10.8 minutes in all on 2 CPU cores (x86_64, jax 0.10.2, CPU), params hash a7b80fe2...
 """
 
 import ml_collections
