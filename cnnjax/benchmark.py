@@ -359,7 +359,7 @@ def _relative(rows, flops: int, peak_gflop_s: float) -> None:
         row["peak_fraction"] = row["gflop_per_s"] / peak_gflop_s
 
 
-def peers_vs_cnnjax(config, *, methods=METHODS, batch_sizes=(32, 128, 512), images=2048,
+def peers_vs_cnnjax(config, *, methods=METHODS, batch_sizes=(32, 128, 512), images=4096,
                     repeats=3, eval_images=5000, matmul_n=2048,
                     progress=print) -> dict:  # fmt: skip
     """cnnjax's trainer against its peers on `config`'s network, each method and batch size in

@@ -1,6 +1,6 @@
 """cnnjax's trainer against idiomatic flax.nnx, flax.linen and PyTorch loops, side by side.
 
-    python -m experiments.benchmark                     # ~6 minutes on 2 CPU cores
+    python -m experiments.benchmark                     # ~4 minutes on 2 idle CPU cores
     python -m experiments.benchmark --batch_sizes=128 --methods="cnnjax hand,flax linen"
     python -m experiments.benchmark --time_to_accuracy=runs/fashion_mnist,runs/mnist
 
@@ -22,7 +22,7 @@ from cnnjax import benchmark
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
 _METHODS = flags.DEFINE_list("methods", list(benchmark.METHODS), "methods to measure")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "training batch sizes")
-_IMAGES = flags.DEFINE_integer("images", 2048, "images per timed window (at least 2 steps)")
+_IMAGES = flags.DEFINE_integer("images", 4096, "images per timed window (at least 2 steps)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed windows after the first (median reported)")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 5000, "images per evaluation window")
 _MATMUL = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n matmul that measures peak")
