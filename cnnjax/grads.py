@@ -328,6 +328,18 @@ def layer_vjp(layer: models.Layer, p, x, dy):
     raise TypeError(f"unknown layer {layer!r}")
 
 
+def _reverse_pass(spec, layer_ps, inputs, dy, vjp) -> dict:
+    """From the last layer to the first, dy, dparams = vjp(layer, params, its input, dy); returns
+    the parameter gradients by layer name."""
+    grads = {}
+    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
+    for layer, p, name, x_in in reversed(list(steps)):
+        dy, dparams = vjp(layer, p, x_in, dy)
+        if name is not None:
+            grads[name] = dparams
+    return grads
+
+
 def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
     """One example's loss, logits and gradient by backprop: run the layers forward keeping each
     layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse."""
@@ -338,13 +350,7 @@ def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing
         h = models.layer_apply(layer, p, h)
     loss = losses.cross_entropy(h, label, label_smoothing=label_smoothing)
     dy = cross_entropy_vjp(h, label, label_smoothing=label_smoothing)
-    grads = {}
-    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
-    for layer, p, name, x_in in reversed(list(steps)):
-        dy, dparams = layer_vjp(layer, p, x_in, dy)
-        if name is not None:
-            grads[name] = dparams
-    return loss, h, grads
+    return loss, h, _reverse_pass(spec, layer_ps, inputs, dy, layer_vjp)
 
 
 def backprop_plain(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
@@ -406,13 +412,7 @@ def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0
     n = x_NHWC.shape[0]
     ce_vjp = functools.partial(cross_entropy_vjp, label_smoothing=label_smoothing)
     dy = jax.vmap(ce_vjp)(h, labels_N) / n  # the batch mean's 1/N, applied once at the top
-    grads = {}
-    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
-    for layer, p, name, x_in in reversed(list(steps)):
-        dy, dparams = _layer_vjp_batch(layer, p, x_in, dy)
-        if name is not None:
-            grads[name] = dparams
-    return jnp.mean(losses_N), h, grads
+    return jnp.mean(losses_N), h, _reverse_pass(spec, layer_ps, inputs, dy, _layer_vjp_batch)
 
 
 def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
