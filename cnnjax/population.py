@@ -183,16 +183,6 @@ def stack_rows(metrics_SM: list[dict]) -> dict:
 # --------------------------------------------------------------------------------- on disk
 
 
-def restore(manager: ocp.CheckpointManager, template: Population):
-    """(the last checkpoint's population, epochs it had finished), or (template, 0) if none."""
-    epochs_done = manager.latest_step()
-    if epochs_done is None:
-        return template, 0
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
-    restored = manager.restore(epochs_done, args=ocp.args.StandardRestore(abstract))
-    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(restored)), epochs_done
-
-
 def _epoch(pop, step, train_split, epoch, config, label, mesh):
     """One epoch of the population; returns (population, name -> float64[S, M]). Each step's
     idx_MB is split over the mesh's devices along B (data parallel within every member)."""
@@ -231,7 +221,7 @@ def fit(configs, members: list[int], directory: Path, spec, splits, *, layout: s
                            f"than one batch of {config.train.batch_size}")  # fmt: skip
     pop = parallel.put_replicated(init(configs, spec, tuple(train_split[0].shape[1:]), steps), mesh)
     manager = run.checkpoint_manager(directory, config.train.checkpoints_kept)
-    pop, epochs_done = restore(manager, pop) if resume else (pop, 0)
+    pop, epochs_done = run.restore(manager, pop) if resume else (pop, 0)
     if resume:
         report.truncate_after(directory / "metrics.jsonl", epochs_done * steps)
     step = make_step(spec, config, steps, layout)

@@ -80,14 +80,15 @@ def checkpoint_manager(workdir: Path, keep: int = 3) -> ocp.CheckpointManager:
     return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
 
 
-def restore(manager: ocp.CheckpointManager, template: train.TrainState):
-    """(the last checkpoint's state, epochs it had finished), or (template, 0) if none."""
+def restore(manager: ocp.CheckpointManager, template):
+    """(the last checkpoint's state, epochs it had finished), or (template, 0) if none. The
+    state comes back in the template's tree structure (a TrainState, a Population, ...)."""
     epochs_done = manager.latest_step()
     if epochs_done is None:
         return template, 0
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
     state = manager.restore(epochs_done, args=ocp.args.StandardRestore(abstract))
-    return train.TrainState(*state), epochs_done
+    return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(state)), epochs_done
 
 
 def load_data(config, mesh=None):

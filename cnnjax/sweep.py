@@ -269,10 +269,9 @@ def _fit_population(p, count, members, configs, overrides, loaded, directory, la
                          layout=layout, resume=resume and pdir.exists(),
                          label=f"population {p + 1}/{count} ({len(members)} members)",
                          mesh=mesh)  # fmt: skip
-    last = {r["member"]: r for r in report.read_metrics(pdir / "metrics.jsonl", "epoch")
-            if r["epoch"] == first.train.epochs}  # fmt: skip
-    seconds = sum(r["seconds"] for r in report.read_metrics(pdir / "metrics.jsonl", "epoch")
-                  if r["member"] == members[0])  # fmt: skip
+    epochs = report.read_metrics(pdir / "metrics.jsonl", "epoch")
+    last = {r["member"]: r for r in epochs if r["epoch"] == first.train.epochs}
+    seconds = sum(r["seconds"] for r in epochs if r["member"] == members[0])
     rows = []
     for k, m in enumerate(members):
         end = last[m]
