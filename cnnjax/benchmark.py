@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax import models, ops, peers, population, report, run, train
+from cnnjax import models, ops, peers, population, report, run, runtime, train
 
 
 def _compile(jitted, *args):
@@ -116,8 +116,9 @@ def population_vs_sequential(configs, *, steps: int, repeats: int, layouts, exam
 
 # --------------------------------------------------------------------------- the machine
 
-METHODS = ("cnnjax autodiff", "cnnjax hand", "flax nnx", "flax linen", "pytorch eager",
-           "torch.compile")  # fmt: skip
+METHODS = ("cnnjax autodiff", "cnnjax hand", "flax nnx", "flax linen", "flax linen + runtime",
+           "pytorch eager", "torch.compile")  # fmt: skip
+TUNED = " + runtime"  # a peer run under cnnjax.runtime's settings, as cnnjax's methods always are
 TORCH_METHODS = ("pytorch eager", "torch.compile")
 TORCH_MISSING = "torch not installed: pip install -e .[torch]"
 EVAL_BATCH = 1000
@@ -240,6 +241,7 @@ def _cnnjax_windows(method, config, spec, params, data):
 def _peer_windows(method, config, spec, params, data):
     """A peer's loop on host batches made beforehand (as a prefetching loader would have them)."""
     lr, momentum = config.optim.learning_rate, config.optim.momentum
+    method = method.removesuffix(TUNED)
     if method == "flax nnx":
         peer = peers.nnx_peer(params, spec, data["images"].shape[1:], learning_rate=lr,
                               momentum=momentum)  # fmt: skip
@@ -326,18 +328,28 @@ def measure(method, batch_size, config, *, steps, repeats, eval_images, evaluate
 _RESULT = "cnnjax.benchmark result: "
 
 
+def tuned(method: str) -> bool:
+    """Whether `method` runs under cnnjax.runtime's settings: cnnjax's own methods (as every
+    experiment entry point applies them) and peers named with TUNED, unless $CNNJAX_UNTUNED."""
+    wanted = method.startswith("cnnjax") or method.endswith(TUNED)
+    return wanted and not os.environ.get("CNNJAX_UNTUNED")
+
+
 def _child() -> None:
-    """A measuring process: a job (JSON) on stdin, its row on stdout."""
+    """A measuring process: a job (JSON) on stdin, its row on stdout. Applies cnnjax.runtime's
+    settings first (before JAX starts) if the method is `tuned`."""
     job = json.loads(sys.stdin.read())
     job["config"] = ml_collections.ConfigDict(job["config"])
-    print(_RESULT + json.dumps(measure(**job)), flush=True)
+    settings = runtime.tune() if tuned(job["method"]) else {}
+    print(_RESULT + json.dumps(dict(measure(**job), runtime=settings)), flush=True)
 
 
 def _in_own_process(job: dict) -> dict:
-    """`measure(**job)` in a fresh Python process; {"error": why} if it failed."""
+    """`measure(**job)` in a fresh Python process; {"error": why} if it failed. The process
+    starts with the XLA flags this one started with (less runtime.tune()'s)."""
     command = [sys.executable, "-c", "from cnnjax import benchmark; benchmark._child()"]
     done = subprocess.run(command, input=json.dumps(job), capture_output=True, text=True,
-                          check=False)  # fmt: skip
+                          env=runtime.untuned_environ(), check=False)  # fmt: skip
     results = [line for line in done.stdout.splitlines() if line.startswith(_RESULT)]
     if done.returncode != 0 or not results:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

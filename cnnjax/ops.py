@@ -7,6 +7,7 @@ layer's input and kernel. Batches come from `jax.vmap` over these functions.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -196,8 +197,12 @@ def pool_divisor(x_shape, dtype, window_hw: Pair, stride_hw: Pair, pads, count_i
 
 
 def relu(x):
-    """max(x, 0). Written as a select so its derivative at 0 is 0 (jnp.maximum would give 1/2)."""
-    return jnp.where(x > 0, x, jnp.zeros_like(x))
+    """max(x, 0), with derivative 0 at the kink. jax.nn.relu is jnp.maximum(x, 0) with that
+    derivative fixed (jnp.maximum's own splits the tie and gives 1/2 at 0). The select
+    jnp.where(x > 0, x, 0) computes the same values, but XLA:CPU does not fuse it with the
+    bias add before it: the reference CNN's forward pass measured 2.2x slower at batch 128 and
+    4.5x at batch 1000."""
+    return jax.nn.relu(x)
 
 
 def dense(x_I, w_IO, b_O=None):

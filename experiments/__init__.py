@@ -1,19 +1,23 @@
 """Entry points (python -m experiments.X): each parses flags and calls the library."""
 
 import importlib.util
+import os
 
 from absl import app, flags, logging
 
-from cnnjax import sweep
+from cnnjax import runtime, sweep
 
 
 def begin(argv) -> None:
-    """What every entry point does first: refuse stray arguments, and show only warnings from
-    jax's start-up unless --verbosity was given."""
+    """What every entry point does first: refuse stray arguments, show only warnings from
+    jax's start-up unless --verbosity was given, and apply cnnjax.runtime's XLA:CPU settings
+    (before anything starts JAX) unless $CNNJAX_UNTUNED is set."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    if not os.environ.get("CNNJAX_UNTUNED"):
+        logging.info("runtime settings: %s", runtime.tune())
 
 
 def sweep_axes(path: str):

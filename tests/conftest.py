@@ -16,6 +16,12 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from cnnjax import runtime
+
+# The kernels and allocator the experiment entry points run with (cnnjax.runtime), set before
+# any test starts JAX's backends.
+runtime.tune()
+
 # 25 examples per property keeps the whole suite fast on a 2-core machine; every new shape is a
 # fresh XLA compile, so a per-example deadline would only measure the compiler.
 settings.register_profile("cnnjax", max_examples=25, deadline=None, database=None)

@@ -1,0 +1,83 @@
+"""cnnjax.runtime: each setting takes effect in a fresh process, and is refused or left alone
+where it must be."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cnnjax import runtime
+
+# Runs in a fresh process: tune() (or not), then report what XLA compiled a convolution to and
+# how many page faults 20 rounds of malloc, writing and freeing 64 MiB cost.
+PROBE = textwrap.dedent("""
+    import ctypes, ctypes.util, json, resource, sys
+    from cnnjax import runtime
+    settings = runtime.tune() if sys.argv[1] == "tune" else {}
+    import jax, jax.numpy as jnp, numpy as np
+    x, w = jnp.ones((8, 28, 28, 1)), jnp.ones((3, 3, 1, 32))
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "VALID",
+                                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    hlo = jax.jit(conv).lower(x, w).compile().as_text()
+    entry = hlo[hlo.index("ENTRY"):]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+    def touch():  # as XLA:CPU does with a step's buffers: malloc, write every page, free
+        block = libc.malloc(1 << 26)
+        ctypes.memset(block, 1, 1 << 26)
+        libc.free(block)
+    touch()  # the first round faults either way: the heap grows once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        touch()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    print(json.dumps(dict(settings=settings, faults=faults,
+                          eigen_conv=" convolution(" in entry, ynn_fusion="__ynn_fusion" in entry)))
+""")
+
+
+def _probe(mode: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+                          env=env, check=True)  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_tune_puts_convolutions_on_xla_kernels_and_keeps_freed_memory():
+    tuned, untuned = _probe("tune"), _probe("plain")
+    assert tuned["settings"] == {"xla_cpu_flag": "set", "keep_freed_memory": "set"}
+    # The untuned process is the control: jaxlib 0.10 gives the convolution to YNNPACK, and
+    # each 64 MiB block comes from fresh mmap pages (16,384 faults of 4 KiB each per round).
+    assert untuned["ynn_fusion"] and not untuned["eigen_conv"]
+    assert tuned["eigen_conv"] and not tuned["ynn_fusion"]
+    assert untuned["faults"] > 20 * 10_000
+    assert tuned["faults"] < 1_000
+
+
+def test_tune_after_jax_started_is_an_error_naming_the_fix(monkeypatch):
+    import jax.numpy as jnp
+
+    jnp.ones(1)  # backends started
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    with pytest.raises(RuntimeError, match="before JAX starts its backends"):
+        runtime.tune()
+
+
+def test_a_flag_the_user_set_is_left_alone(monkeypatch):
+    mine = f"{runtime.FLAG_NAME}=-individual_dot"
+    monkeypatch.setenv("XLA_FLAGS", mine)
+    assert runtime.set_xla_cpu_flag() == "left as the user set it"
+    assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_untuned_environ_is_the_environment_before_tune(monkeypatch):
+    theirs = "--xla_force_host_platform_device_count=2"
+    monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": theirs})
+    monkeypatch.setenv("XLA_FLAGS", f"{theirs} {runtime.XLA_CPU_FLAG}")
+    assert runtime.untuned_environ()["XLA_FLAGS"] == theirs
+    monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": None})
+    assert "XLA_FLAGS" not in runtime.untuned_environ()
