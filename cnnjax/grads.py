@@ -164,7 +164,20 @@ def max_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
 
     Ties: the first arg-max in row-major window order takes the whole error, the others 0. This is
     jax.grad's policy (XLA's select-and-scatter with a >= selector), and ties are common: ReLU
-    makes plateaus of zeros. Padding is -inf, so it is never the arg-max."""
+    makes plateaus of zeros. Padding is -inf, so it is never the arg-max.
+
+    Windows that tile the input (stride = window, no padding: the usual 2x2 pool) take
+    `max_pool_vjp_tiled`; any other geometry takes `max_pool_vjp_taps`. The two are tested equal,
+    ties included."""
+    window_hw, stride_hw, pads, _ = _pool_geometry(x_HWC, dy_HWC, window, stride, padding)
+    if stride_hw == window_hw and pads == ((0, 0), (0, 0)):
+        return max_pool_vjp_tiled(x_HWC, dy_HWC, window_hw)
+    return max_pool_vjp_taps(x_HWC, dy_HWC, window=window, stride=stride, padding=padding)
+
+
+def max_pool_vjp_taps(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
+    """max_pool_vjp for any geometry: each window offset's tap wins where it holds the max and no
+    earlier tap did, and the winners' errors are scattered back onto the inputs they read."""
     window_hw, stride_hw, pads, out_shape = _pool_geometry(x_HWC, dy_HWC, window, stride, padding)
     xpad = jnp.pad(x_HWC, (*pads, (0, 0)), constant_values=-jnp.inf)
     taps = _window_taps(xpad, window_hw, stride_hw, out_shape[:2])
@@ -177,6 +190,27 @@ def max_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID"):
         tap_grads.append(jnp.where(winner, dy_HWC, jnp.zeros_like(dy_HWC)))
     dxpad = _scatter_taps(tap_grads, window_hw, stride_hw, xpad.shape[:2])
     return _crop(dxpad, pads, x_HWC.shape[:2])
+
+
+def max_pool_vjp_tiled(x_HWC, dy_HWC, window_hw):
+    """max_pool_vjp for windows that tile the input (stride = window, no padding; rows and
+    columns past the last whole window get 0). Each window's first arg-max k (row-major) is
+    found once; then dx[i*kh + m, j*kw + n] = dy[i, j] where k = m*kw + n, else 0, written on an
+    (H', kh, W', kw) view of the input. The same rule as max_pool_vjp_taps, whose scatter
+    XLA:CPU compiles into a loop that redoes each window's comparisons for every input it
+    reads: in the reference CNN's training step (batch 128) the first pool's backward took
+    0.95 ms this way and 2.3 ms that way."""
+    (kh, kw), (ho, wo) = window_hw, dy_HWC.shape[:2]
+    taps = _window_taps(x_HWC, window_hw, window_hw, (ho, wo))
+    y = functools.reduce(jnp.maximum, taps)
+    first = jnp.full(y.shape, kh * kw, jnp.int32)  # kh*kw: no winner (a NaN window), as taps
+    for k in reversed(range(kh * kw)):  # the lowest k that holds the max is written last
+        first = jnp.where(taps[k] == y, k, first)
+    k_of_mn = jnp.arange(kh * kw, dtype=jnp.int32).reshape(1, kh, 1, kw, 1)
+    dx = jnp.where(first[:, None, :, None] == k_of_mn, dy_HWC[:, None, :, None], 0.0)
+    dx = dx.reshape(ho * kh, wo * kw, dy_HWC.shape[2])
+    (h, w) = x_HWC.shape[:2]
+    return jnp.pad(dx, ((0, h - ho * kh), (0, w - wo * kw), (0, 0)))
 
 
 def avg_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID", count_include_pad=True):

@@ -73,6 +73,30 @@ def test_max_pool_vjp_ties_go_to_first_in_row_major_order():
     np.testing.assert_array_equal(dx, reference[..., 0])
 
 
+@pytest.mark.parametrize(
+    ("shape", "window"), [((26, 26, 32), 2), ((11, 11, 64), 2), ((7, 9, 3), 3), ((6, 7, 2), (2, 3))]
+)
+def test_max_pool_vjp_tiled_equals_taps_ties_and_dropped_rows_included(shape, window):
+    # Values on a coarse grid after a ReLU: many windows hold tied maxima, zeros above all.
+    key_x, key_dy = jax.random.split(jax.random.key(0))
+    x = jax.nn.relu(jnp.round(jax.random.normal(key_x, shape) * 2) / 2)
+    window_hw = ops.as_pair(window, "window")
+    out_hw = (shape[0] // window_hw[0], shape[1] // window_hw[1])
+    dy = jax.random.normal(key_dy, (*out_hw, shape[2]))
+    tiled = grads.max_pool_vjp_tiled(x, dy, window_hw)
+    taps = grads.max_pool_vjp_taps(x, dy, window=window)
+    assert int(jnp.sum(x == 0)) > x.size // 3  # the ties are there
+    np.testing.assert_array_equal(tiled, taps)  # the same rule: exactly equal, no rounding
+    np.testing.assert_array_equal(grads.max_pool_vjp(x, dy, window=window), tiled)
+
+
+def test_max_pool_vjp_tiled_gives_a_nan_window_no_winner_as_taps_does():
+    x = jnp.array([[1.0, jnp.nan], [0.0, 2.0]])[..., None]
+    dy = jnp.array([[[5.0]]])
+    np.testing.assert_array_equal(grads.max_pool_vjp_tiled(x, dy, (2, 2)),
+                                  grads.max_pool_vjp_taps(x, dy, window=2))  # fmt: skip
+
+
 def test_max_pool_vjp_overlapping_windows_accumulate():
     x = jnp.array([[1.0, 3.0, 2.0]])[..., None]
     dx = grads.max_pool_vjp(x, jnp.array([[[10.0], [5.0]]]), window=(1, 2), stride=1)
