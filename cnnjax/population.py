@@ -9,8 +9,12 @@ scalars. A member whose update is not finite is frozen at its last finite state 
 Layouts of the member axis (LAYOUTS), all the same numbers within float rounding:
   "vmap"    jax.vmap of the member step: XLA sees one convolution with M feature groups.
   "unroll"  a Python loop over members inside the jitted program: M ordinary convolutions that
-            XLA may run concurrently (the fastest on XLA:CPU, see experiments/benchmark_sweep).
+            XLA may run concurrently.
   "map"     jax.lax.map over members: one member at a time inside a device loop.
+  "sequential"  populations of one member, one after another: each program is one run's step.
+            The fastest on XLA:CPU under cnnjax.runtime's settings, where one step already keeps
+            both cores busy (experiments/benchmark_sweep: 8 members, batch 128: sequential
+            11,187 img/s, unroll 0.78x, vmap 0.54x, map 0.04x).
 Legend: M members, S steps, B examples per step; every leaf of a Population has a leading M.
 """
 
@@ -30,7 +34,8 @@ import orbax.checkpoint as ocp
 
 from cnnjax import parallel, report, run, train
 
-LAYOUTS = ("vmap", "unroll", "map")
+LAYOUTS = ("vmap", "unroll", "map", "sequential")
+ONE_PROGRAM = ("vmap", "unroll", "map")  # the layouts that put several members in one program
 # A member's own numbers: name -> the config field it comes from.
 HYPER = {
     "learning_rate": "optim.learning_rate",
@@ -54,9 +59,10 @@ def field(config, dotted: str):
 
 
 def resolve_layout(layout: str) -> str:
-    """ "auto" is "unroll" on CPU (grouped convolutions are slow there) and "vmap" elsewhere."""
+    """ "auto" is "sequential" on CPU (one step keeps its cores busy, and grouped convolutions
+    are slow there) and "vmap" elsewhere."""
     if layout == "auto":
-        return "unroll" if jax.default_backend() == "cpu" else "vmap"
+        return "sequential" if jax.default_backend() == "cpu" else "vmap"
     if layout not in LAYOUTS:
         raise ValueError(f"sweep.layout must be 'auto' or one of {LAYOUTS}, got {layout!r}")
     return layout
@@ -122,7 +128,7 @@ def make_step(spec, config, steps_per_epoch: int, layout: str):
             state, diverged_at, metrics = jax.lax.map(
                 lambda a: one(*a[:3], images_NHWC, labels_N, a[3]), (*args, idx_MB)
             )
-        else:  # "unroll"
+        else:  # "unroll"; "sequential" is the unroll of one member
             outs = [one(*member(args, k), images_NHWC, labels_N, idx_MB[k])
                     for k in range(idx_MB.shape[0])]  # fmt: skip
             state, diverged_at, metrics = jax.tree.map(lambda *m: jnp.stack(m), *outs)

@@ -196,10 +196,12 @@ def _check_member(config, mesh) -> None:
 def plan(configs: dict, loaded: dict, settings: dict) -> list[list[int]]:
     """Members (by index) of each population: one program's members, in chunks that fit in
     memory (config.sweep.memory_budget_mib, 0: half the free device memory) and at most
-    config.sweep.max_members (0: no cap)."""
+    config.sweep.max_members (0: no cap); with the "sequential" layout, one member each."""
     groups: dict[str, list[int]] = {}
     for index, config in configs.items():
         groups.setdefault(program_key(config), []).append(index)
+    if population.resolve_layout(settings["layout"]) == "sequential":
+        return [[m] for members in groups.values() for m in members]
     budget = settings["memory_budget_mib"] * 2**20 or population.available_bytes() // 2
     populations = []
     for members in groups.values():

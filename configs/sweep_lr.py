@@ -1,5 +1,5 @@
-"""A learning-rate x seed sweep of the reference CNN on Fashion-MNIST: 8 members, trained as one
-program (a population; see cnnjax/population.py).
+"""A learning-rate x seed sweep of the reference CNN on Fashion-MNIST: 8 members, one after
+another on a CPU and as one program (a population; see cnnjax/population.py) elsewhere.
 
     python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/sweep_lr
 
@@ -15,7 +15,8 @@ def get_config():
     config = default.get_config()
     config.train.epochs = 5
     config.sweep = ml_collections.ConfigDict()
-    config.sweep.layout = "auto"  # "vmap", "unroll" or "map"; auto: unroll on CPU, else vmap
+    config.sweep.layout = "auto"  # "vmap", "unroll", "map", "sequential"; auto: sequential on
+    # CPU, else vmap
     config.sweep.max_members = 0  # most members in one program (0: as many as fit in memory)
     config.sweep.memory_budget_mib = 0  # device memory for one program (0: half of what is free)
     return config

@@ -24,7 +24,7 @@ from cnnjax import benchmark, population, report, sweep
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/sweep_lr.py", "a sweep config")
 _STEPS = flags.DEFINE_integer("steps", 10, "steps per member in one timed window")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed windows (the median is reported)")
-_LAYOUTS = flags.DEFINE_list("layouts", list(population.LAYOUTS), "population layouts to time")
+_LAYOUTS = flags.DEFINE_list("layouts", list(population.ONE_PROGRAM), "one-program layouts to time")
 _OUT = flags.DEFINE_string("out", "runs/benchmark_sweep", "where the JSON and markdown go")
 
 

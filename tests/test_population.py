@@ -109,7 +109,7 @@ def test_same_population_twice_is_bit_identical():
 
 
 def test_layout_names():
-    assert population.resolve_layout("auto") == "unroll"  # the test machine is a CPU
+    assert population.resolve_layout("auto") == "sequential"  # the test machine is a CPU
     assert population.resolve_layout("vmap") == "vmap"
     with pytest.raises(ValueError, match=r"sweep\.layout must be"):
         population.resolve_layout("grouped")

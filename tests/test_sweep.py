@@ -198,7 +198,9 @@ def test_members_that_change_shapes_train_as_separate_programs(dataset):  # noqa
     overrides = sweep.expand(config, [{"train.batch_size": [16, 32]}, {"seed": [0, 1]}])
     configs = {m: sweep.member_config(config, o) for m, o in enumerate(overrides)}
     loaded = {sweep._data_key(config): run.load_data(config)}
-    settings = sweep.sweep_settings(config)
+    settings = dict(sweep.sweep_settings(config), layout="sequential")  # "auto" on a CPU
+    assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
+    settings["layout"] = "unroll"  # one program per shape, as many members as fit
     assert sweep.plan(configs, loaded, settings) == [[0, 1], [2, 3]]
     settings["max_members"] = 1
     assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
