@@ -28,6 +28,7 @@ ALLOWED_INTERNAL = {
     "population": {"parallel", "report", "run", "train"},
     "peers": {"flax_models", "models"},
     "benchmark": {"models", "ops", "peers", "population", "report", "run", "runtime", "train"},
+    "profiling": {"benchmark", "models", "report", "train"},
     "results": {"plots", "report"},
     "sweep": {"models", "parallel", "population", "report", "results", "run", "train"},
 }

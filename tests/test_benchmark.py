@@ -52,9 +52,9 @@ def _check_relative(rows, key):
         assert np.isfinite(r["compile_s"])
 
 
-@pytest.mark.slow  # four measuring processes, each starting jax
+@pytest.mark.slow  # six measuring processes, each starting jax
 def test_peers_vs_cnnjax_rows_are_complete_and_consistent(tmp_path):
-    methods, batches = ("cnnjax hand", "flax linen"), (4, 8)
+    methods, batches = ("cnnjax hand", "flax linen", "flax linen + runtime"), (4, 8)
     results = benchmark.peers_vs_cnnjax(
         default.get_config(), methods=methods, batch_sizes=batches, images=8, repeats=2,
         eval_images=100, matmul_n=128, progress=lambda line: None,
@@ -65,6 +65,8 @@ def test_peers_vs_cnnjax_rows_are_complete_and_consistent(tmp_path):
     _check_relative(rows, peak)
     for b in batches:
         assert max(r["ratio"] for r in rows if r["batch"] == b) == pytest.approx(1.0)
+    tuned = {"xla_cpu_flag": "set", "keep_freed_memory": "set"}  # each in a fresh process
+    assert [r["runtime"] for r in rows[:3]] == [tuned, {}, tuned]
     for r in rows:
         assert r["steps"] == 2 and np.isfinite(r["loss"])
         assert r["gflop_per_s"] == pytest.approx(r["img_per_s"] * 15_786_240 / 1e9)
@@ -85,6 +87,16 @@ def test_missing_torch_is_a_note_not_an_error(monkeypatch):
                                         batch_sizes=(4,), matmul_n=64, progress=None)  # fmt: skip
     assert results["train"] == [] and results["notes"] == [benchmark.TORCH_MISSING]
     assert "pip install -e .[torch]" in benchmark.format_results(results)
+
+
+def test_cnnjax_and_the_named_peers_run_tuned_unless_untuned_is_asked(monkeypatch):
+    monkeypatch.delenv("CNNJAX_UNTUNED", raising=False)
+    assert [benchmark.tuned(m) for m in benchmark.METHODS] == [
+        m.startswith("cnnjax") or m.endswith(" + runtime") for m in benchmark.METHODS
+    ]
+    assert benchmark.tuned("pytorch eager + runtime") and not benchmark.tuned("pytorch eager")
+    monkeypatch.setenv("CNNJAX_UNTUNED", "1")
+    assert not any(benchmark.tuned(m) for m in benchmark.METHODS)
 
 
 def test_unknown_methods_are_rejected():

@@ -1,0 +1,33 @@
+"""Where one training step's time goes, operation by operation (cnnjax.profiling).
+
+    python -m experiments.profile_step                       # hand-derived gradients, batch 128
+    python -m experiments.profile_step --gradients=autodiff --batch_size=32
+
+Prints the compiled step's operations in the order they ran, each with the time until the next
+one started, its output shape and the layer that shape belongs to, then the time by layer.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+import experiments
+from cnnjax import profiling, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
+_GRADIENTS = flags.DEFINE_enum("gradients", "hand", train.GRADIENTS, "how the step differentiates")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "training batch size")
+_STEPS = flags.DEFINE_integer("steps", 10, "traced steps (the median is reported)")
+
+
+def main(argv) -> int:
+    experiments.begin(argv)
+    result = profiling.profile_step(_CONFIG.value, gradients=_GRADIENTS.value,
+                                    batch_size=_BATCH_SIZE.value, steps=_STEPS.value)  # fmt: skip
+    print(profiling.format_profile(result))
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
