@@ -5,10 +5,10 @@ Two settings, each measured on the reference CNN's hand-derived training step at
 
 1. **Convolutions on XLA's own (Eigen) kernels, not YNNPACK.** jaxlib 0.10 hands convolutions
    to YNNPACK fusions by default; on this network's shapes they were 2-4x slower than XLA's
-   Eigen convolutions (conv1, one input channel: 4.3 vs ~0.6 ms; conv2's kernel gradient:
-   8.0 vs ~2 ms). The XLA flag `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution`
-   takes convolutions out of YNNPACK and leaves its dots, reductions and elementwise fusions.
-   Step: 39 -> 23 ms.
+   Eigen convolutions (profiles of the step: conv1's forward, one input channel, 4.3 vs 1.2
+   ms; conv2's kernel gradient 8.0 vs 2.2 ms). The XLA flag
+   `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` takes convolutions out of
+   YNNPACK and leaves its dots, reductions and elementwise fusions. Step: 37 -> 22 ms.
 
 2. **Freed memory kept for reuse (glibc malloc).** XLA:CPU allocates each execution's
    buffers with malloc from its worker threads and frees them after. glibc serves blocks above
@@ -19,7 +19,7 @@ Two settings, each measured on the reference CNN's hand-derived training step at
    M_TRIM_THRESHOLD (freed memory stays in the process) and M_ARENA_MAX 1 (one heap for all
    threads; without it batch 512 still faulted 37,000 times a step). tcmalloc, jemalloc and
    PyTorch's CPU allocator keep freed memory the same way. The cost: resident memory stays at
-   its peak. Step with setting 1: batch 128 23 -> 12.5 ms; batch 512 92 ms with the first two
+   its peak. Step with setting 1: batch 128 22 -> 12 ms; batch 512 92 ms with the first two
    mallopt settings, 58 ms with all three (each setting alone leaves the other's cost).
 
 Neither changes what is computed, only which kernels run and where buffers live; convolution
@@ -39,7 +39,9 @@ from jax._src import xla_bridge
 
 XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
 FLAG_NAME = XLA_CPU_FLAG.split("=")[0]
-FIRST_JAXLIB_WITH_FLAG = (0, 10)  # YNNPACK convolution fusions and this flag; older: no-op
+# jaxlib releases known to have YNNPACK convolution fusions and this flag (checked: 0.10.0 and
+# 0.10.2). XLA aborts on a flag it does not know, so other releases get no flag until checked.
+JAXLIB_WITH_FLAG = ((0, 10),)
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 KEEP_FREED_BYTES = 1 << 30  # return heap memory to the OS only above 1 GiB free at the top
@@ -61,8 +63,9 @@ def set_xla_cpu_flag() -> str:
     flags = os.environ.get("XLA_FLAGS", "")
     if FLAG_NAME in flags:
         return "left as the user set it"
-    if _jaxlib_version() < FIRST_JAXLIB_WITH_FLAG:
-        return f"not set: jaxlib {'.'.join(map(str, _jaxlib_version()))} predates it"
+    if _jaxlib_version() not in JAXLIB_WITH_FLAG:
+        release = ".".join(map(str, _jaxlib_version()))
+        return f"not set: jaxlib {release} is not in runtime.JAXLIB_WITH_FLAG"
     if _backends_started():
         raise RuntimeError(
             "cnnjax.runtime.tune() must run before JAX starts its backends (before the first "

@@ -80,6 +80,13 @@ def test_a_flag_the_user_set_is_left_alone(monkeypatch):
     assert os.environ["XLA_FLAGS"] == mine
 
 
+def test_no_flag_for_a_jaxlib_it_is_not_known_in(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(runtime, "_jaxlib_version", lambda: (0, 11))
+    assert runtime.set_xla_cpu_flag() == "not set: jaxlib 0.11 is not in runtime.JAXLIB_WITH_FLAG"
+    assert "XLA_FLAGS" not in os.environ
+
+
 def test_untuned_environ_is_the_environment_before_tune(monkeypatch):
     theirs = "--xla_force_host_platform_device_count=2"
     monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": theirs})
