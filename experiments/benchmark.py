@@ -6,9 +6,11 @@
 
 Prints the machine, its measured float32 matmul peak, a training table (img/s, min-max, ratio to
 the fastest method at each batch size, compile seconds, GFLOP/s and % of the peak, memory) and an
-evaluation table, and writes them to --out as results.json and results.md. PyTorch rows need
-`pip install -e .[torch]`. --time_to_accuracy instead reports, for finished runs, the seconds of
-training until the test accuracy first reached --target (default: 91% Fashion-MNIST, 99% MNIST).
+evaluation table, and writes them to --out as results.json and results.md. cnnjax's methods and
+the peers named "+ runtime" run under cnnjax.runtime's settings, the other peers as installed
+(CNNJAX_UNTUNED=1: none under them). PyTorch rows need `pip install -e .[torch]`.
+--time_to_accuracy instead reports, for finished runs, the seconds of training until the test
+accuracy first reached --target (default: 91% Fashion-MNIST, 99% MNIST).
 """
 
 from __future__ import annotations
