@@ -46,6 +46,8 @@ JAXLIB_WITH_FLAG = ((0, 10),)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 KEEP_FREED_BYTES = 1 << 30  # return heap memory to the OS only above 1 GiB free at the top
 
+_before: dict = {}  # environment variables as they were before set_xla_cpu_flag changed them
+
 
 def _jaxlib_version() -> tuple[int, ...]:
     try:
@@ -54,19 +56,17 @@ def _jaxlib_version() -> tuple[int, ...]:
         return (0, 0)
 
 
-def _backends_started() -> bool:
-    return xla_bridge.backends_are_initialized()
-
-
 def set_xla_cpu_flag() -> str:
     """Add XLA_CPU_FLAG to $XLA_FLAGS unless the user set the flag. Returns what happened."""
     flags = os.environ.get("XLA_FLAGS", "")
+    if "XLA_FLAGS" in _before:  # set by an earlier call in this process
+        return "set"
     if FLAG_NAME in flags:
         return "left as the user set it"
     if _jaxlib_version() not in JAXLIB_WITH_FLAG:
         release = ".".join(map(str, _jaxlib_version()))
         return f"not set: jaxlib {release} is not in runtime.JAXLIB_WITH_FLAG"
-    if _backends_started():
+    if xla_bridge.backends_are_initialized():
         raise RuntimeError(
             "cnnjax.runtime.tune() must run before JAX starts its backends (before the first "
             "array or jax.devices()); call it first thing in main()"
@@ -74,9 +74,6 @@ def set_xla_cpu_flag() -> str:
     _before.setdefault("XLA_FLAGS", os.environ.get("XLA_FLAGS"))
     os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
     return "set"
-
-
-_before: dict = {}  # environment variables as they were before set_xla_cpu_flag changed them
 
 
 def untuned_environ() -> dict:

@@ -68,12 +68,21 @@ def test_tune_after_jax_started_is_an_error_naming_the_fix(monkeypatch):
     import jax.numpy as jnp
 
     jnp.ones(1)  # backends started
+    monkeypatch.setattr(runtime, "_before", {})  # as if conftest had not tuned this process
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     with pytest.raises(RuntimeError, match="before JAX starts its backends"):
         runtime.tune()
 
 
+def test_tune_again_changes_nothing_and_reports_what_the_first_did():
+    flags = os.environ.get("XLA_FLAGS")
+    first = runtime.tune()  # conftest tuned this process already
+    assert runtime.tune() == first and os.environ.get("XLA_FLAGS") == flags
+    assert first["xla_cpu_flag"] in ("set", "left as the user set it")
+
+
 def test_a_flag_the_user_set_is_left_alone(monkeypatch):
+    monkeypatch.setattr(runtime, "_before", {})
     mine = f"{runtime.FLAG_NAME}=-individual_dot"
     monkeypatch.setenv("XLA_FLAGS", mine)
     assert runtime.set_xla_cpu_flag() == "left as the user set it"
@@ -81,6 +90,7 @@ def test_a_flag_the_user_set_is_left_alone(monkeypatch):
 
 
 def test_no_flag_for_a_jaxlib_it_is_not_known_in(monkeypatch):
+    monkeypatch.setattr(runtime, "_before", {})
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setattr(runtime, "_jaxlib_version", lambda: (0, 11))
     assert runtime.set_xla_cpu_flag() == "not set: jaxlib 0.11 is not in runtime.JAXLIB_WITH_FLAG"
