@@ -104,3 +104,14 @@ def test_untuned_environ_is_the_environment_before_tune(monkeypatch):
     assert runtime.untuned_environ()["XLA_FLAGS"] == theirs
     monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": None})
     assert "XLA_FLAGS" not in runtime.untuned_environ()
+
+
+@pytest.mark.parametrize(("untuned", "calls"), [("", 1), ("1", 0)])
+def test_entry_points_tune_unless_untuned_is_set(monkeypatch, untuned, calls):
+    import experiments
+
+    done = []
+    monkeypatch.setattr(runtime, "tune", lambda: done.append(1) or {})
+    monkeypatch.setenv("CNNJAX_UNTUNED", untuned)
+    experiments.begin(["python -m experiments.x"])
+    assert len(done) == calls
