@@ -334,7 +334,7 @@ def tuned(method: str) -> bool:
     """Whether `method` runs under cnnjax.runtime's settings: cnnjax's own methods (as every
     experiment entry point applies them) and peers named with TUNED, unless $CNNJAX_UNTUNED."""
     wanted = method.startswith("cnnjax") or method.endswith(TUNED)
-    return wanted and not os.environ.get("CNNJAX_UNTUNED")
+    return wanted and runtime.wanted()
 
 
 def _child() -> None:

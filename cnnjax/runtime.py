@@ -47,6 +47,12 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 KEEP_FREED_BYTES = 1 << 30  # return heap memory to the OS only above 1 GiB free at the top
 
 _before: dict = {}  # environment variables as they were before set_xla_cpu_flag changed them
+UNTUNED = "CNNJAX_UNTUNED"  # set (non-empty): the entry points leave these settings off
+
+
+def wanted() -> bool:
+    """Whether the entry points should tune: unless $CNNJAX_UNTUNED is set."""
+    return not os.environ.get(UNTUNED)
 
 
 def _jaxlib_version() -> tuple[int, ...]:

@@ -1,7 +1,6 @@
 """Entry points (python -m experiments.X): each parses flags and calls the library."""
 
 import importlib.util
-import os
 
 from absl import app, flags, logging
 
@@ -16,7 +15,7 @@ def begin(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    if not os.environ.get("CNNJAX_UNTUNED"):
+    if runtime.wanted():
         logging.info("runtime settings: %s", runtime.tune())
 
 

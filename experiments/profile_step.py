@@ -3,8 +3,9 @@
     python -m experiments.profile_step                       # hand-derived gradients, batch 128
     python -m experiments.profile_step --gradients=autodiff --batch_size=32
 
-Prints the compiled step's operations in the order they ran, each with the time until the next
-one started, its output shape and the layer that shape belongs to, then the time by layer.
+Prints the compiled step's operations in the order they ran, each with its share of the step's
+wall-clock time (waits charged to the convolution in flight), its output shape and the layer
+that shape belongs to, then the time by layer.
 """
 
 from __future__ import annotations
