@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cnnjax import parallel, report, run, train
+from cnnjax import parallel, progress, report, run, train
 
 LAYOUTS = ("vmap", "unroll", "map", "sequential")
 ONE_PROGRAM = ("vmap", "unroll", "map")  # the layouts that put several members in one program
@@ -195,7 +195,7 @@ def _epoch(pop, step, train_split, epoch, config, label, mesh):
     images, labels = train_split
     steps = images.shape[0] // config.train.batch_size
     idx_MSB = np.asarray(epoch_indices(pop, epoch, images.shape[0], config.train.batch_size))
-    bar = report.progress(steps, f"{label} epoch {epoch + 1}/{config.train.epochs}")
+    bar = progress.progress(steps, f"{label} epoch {epoch + 1}/{config.train.epochs}")
     seen = []
     for s in range(steps):
         pop, metrics = step(pop, images, labels, parallel.put_sharded(idx_MSB[:, s], mesh, 1))

@@ -1,7 +1,8 @@
-"""Reports: plain-text tables, JSON-lines metrics files, confusion matrices, progress bars.
+"""Reports: plain-text tables, JSON-lines metrics files, confusion matrices.
 
-The plots that go with them live in `cnnjax.plots` (matplotlib stays out of this module, which
-`models` imports). Legend: N examples, K classes; `cm_KK[true, predicted]`.
+The plots that go with them live in `cnnjax.plots`, progress bars in `cnnjax.progress` (matplotlib
+and tqdm stay out of this module, which `models` imports). Legend: N examples, K classes;
+`cm_KK[true, predicted]`.
 
 A metrics file holds one JSON object per line, each with a `"kind"` (e.g. `"step"`, `"epoch"`)
 and an integer `"step"`, the rest free-form. Numpy and jax scalars are written as Python
@@ -13,14 +14,11 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
-import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-from tqdm.std import tqdm
 
 # ------------------------------------------------------------------------------------ tables
 
@@ -37,7 +35,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], right=())
 
 
 def _format_value(value) -> str:
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)
@@ -61,7 +59,7 @@ def summary_table(rows: Mapping | Sequence[Mapping]) -> str:
     right = tuple(
         i
         for i, key in enumerate(header)
-        if all(isinstance(_plain(row.get(key)), int | float | None) for row in rows)
+        if all(isinstance(plain(row.get(key)), int | float | None) for row in rows)
     )
     return format_table(header, body, right=right)
 
@@ -71,17 +69,17 @@ def summary_table(rows: Mapping | Sequence[Mapping]) -> str:
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-def _plain(value):
+def plain(value):
     """Python value JSON can write: numpy/jax scalars to int/float/bool, arrays to lists."""
     if value is None or isinstance(value, str | bool):
         return value
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): plain(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
+        return [plain(item) for item in value]
     array = np.asarray(value)  # numpy and jax scalars and arrays alike
     if array.ndim > 0:
-        return [_plain(item) for item in array]
+        return [plain(item) for item in array]
     if array.dtype.kind == "b":
         return bool(array)
     if array.dtype.kind in "iu":
@@ -145,7 +143,7 @@ class MetricsWriter:
             step, an integer scalar) are required. Values: numbers (Python, numpy or jax
             scalars), strings, bools, None, or small arrays and lists (written as lists).
         """
-        row = _plain({**(row or {}), **values})
+        row = plain({**(row or {}), **values})
         if not isinstance(row.get("kind"), str):
             raise ValueError(f"a metrics row needs a string 'kind', got {row.get('kind')!r}")
         if isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
@@ -258,63 +256,3 @@ def per_class_accuracy(cm_KK) -> np.ndarray:
     correct_K = np.diagonal(cm_KK)
     safe_K = np.where(totals_K > 0, totals_K, 1.0)  # avoid 0/0 warnings; NaN set below
     return np.where(totals_K > 0, correct_K / safe_K, np.nan)
-
-
-# ----------------------------------------------------------------------------- progress bars
-
-
-class Progress(tqdm):
-    """A tqdm bar whose `set_metrics` takes jax/numpy scalars and converts them only when drawn.
-
-    Converting a jax array to a float waits for the device; doing it only at the bar's refresh
-    rate (at most every `mininterval` seconds) keeps the training loop's dispatch asynchronous.
-    The values must not be donated buffers that a later step invalidates.
-    """
-
-    def __init__(self, *args, **kwargs):
-        self._metrics = {}
-        super().__init__(*args, **kwargs)
-
-    def set_metrics(self, **values) -> None:
-        """Shows `name=value` (4 decimals) after the bar from the next redraw on."""
-        if not self.disable:
-            self._metrics = values
-
-    @property
-    def format_dict(self):
-        info = super().format_dict
-        if self._metrics:  # set_metrics keeps none while disabled; close() disables first
-            shown = ", ".join(f"{k}={_format_metric(v)}" for k, v in self._metrics.items())
-            info["postfix"] = shown if not info.get("postfix") else f"{info['postfix']}, {shown}"
-        return info
-
-
-def _format_metric(value) -> str:
-    value = _plain(value)
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def progress(
-    iterable_or_total: Iterable | int, description: str = "", enabled: bool | None = None, **kw
-) -> Progress:
-    """A progress bar on stderr, e.g. one per epoch.
-
-    Args:
-      iterable_or_total: what to iterate over (`for batch in progress(batches, "epoch 1")`), or
-        an int total for a bar advanced by hand with `bar.update(n)`.
-      description: the text before the bar.
-      enabled: True/False to force; None shows the bar only when stderr is a terminal (not in
-        CI or a log file). A disabled bar prints nothing and still iterates.
-      **kw: passed on to tqdm (e.g. `leave=False`, `total=` for an iterable without len).
-    Returns:
-      A `Progress` (a tqdm); call `bar.set_metrics(loss=loss, accuracy=acc)` to show values and
-      `bar.close()` when done if not iterating it to the end.
-    """
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if isinstance(iterable_or_total, numbers.Integral):
-        iterable, kw = None, {"total": int(iterable_or_total), **kw}
-    else:
-        iterable = iterable_or_total
-    kw = {"dynamic_ncols": True, **kw}
-    return Progress(iterable, desc=description, disable=not enabled, file=sys.stderr, **kw)

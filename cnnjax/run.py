@@ -25,7 +25,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from cnnjax import data, losses, models, parallel, plots, report, train
+from cnnjax import data, idx, losses, models, parallel, plots, progress, report, train
 
 
 class RunError(RuntimeError):
@@ -151,7 +151,7 @@ def _epoch(state, run_steps, train_split, epoch, config, writer, schedule):
     idx_SB = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
     idx_SB = np.asarray(idx_SB)  # every process holds all of it; run_steps places the shards
     chunk, seen = config.train.steps_per_chunk, {"loss": [], "accuracy": []}
-    bar = report.progress(len(idx_SB), f"epoch {epoch + 1}/{config.train.epochs}",
+    bar = progress.progress(len(idx_SB), f"epoch {epoch + 1}/{config.train.epochs}",
                           enabled=None if parallel.is_primary() else False)  # fmt: skip
     for start in range(0, len(idx_SB), chunk):
         first_step = int(state.step)
@@ -235,10 +235,10 @@ def evaluation_report(workdir) -> str:
     config, run, state, epochs_done = last_checkpoint(workdir)
     test = train.evaluate(state.params, *run.test_split, spec=run.spec,
                           batch_size=config.train.eval_batch_size)  # fmt: skip
-    num_classes = data.num_classes(config.data.name)
+    num_classes = idx.num_classes(config.data.name)
     cm = report.confusion_matrix(np.asarray(test["predictions"]), np.asarray(run.test_split[1]),
                                  num_classes)  # fmt: skip
-    names = data.class_names(config.data.name)
+    names = idx.class_names(config.data.name)
     per_class = [(n, f"{a:.4f}") for n, a in zip(names, report.per_class_accuracy(cm), strict=True)]
     lines = [
         f"{workdir}: checkpoint after epoch {epochs_done}, {config.data.name} test split",
@@ -258,7 +258,7 @@ def finish(workdir: Path, config, params, spec, test_split, test=None) -> dict:
         test = train.evaluate(params, *test_split, spec=spec,
                               batch_size=config.train.eval_batch_size)  # fmt: skip
     labels = np.asarray(test_split[1])
-    num_classes = data.num_classes(config.data.name)
+    num_classes = idx.num_classes(config.data.name)
     cm = report.confusion_matrix(np.asarray(test["predictions"]), labels, num_classes)
     rows = report.read_metrics(workdir / "metrics.jsonl") if parallel.is_primary() else None
     steps, seconds = (None, None) if rows is None else (
@@ -269,7 +269,7 @@ def finish(workdir: Path, config, params, spec, test_split, test=None) -> dict:
         test_accuracy=float(test["accuracy"]), test_loss=float(test["loss"]),
         epochs=config.train.epochs, steps=steps, train_seconds=seconds,
         params_hash=params_hash(params),
-        per_class_accuracy=dict(zip(data.class_names(config.data.name),
+        per_class_accuracy=dict(zip(idx.class_names(config.data.name),
                                     map(float, report.per_class_accuracy(cm)), strict=True)),
     )  # fmt: skip
     if rows is None:
@@ -279,7 +279,7 @@ def finish(workdir: Path, config, params, spec, test_split, test=None) -> dict:
     first_conv = next(name for name, layer in zip(models.layer_names(spec), spec, strict=True)
                       if isinstance(layer, models.Conv))  # fmt: skip
     plots.plot_filters(np.asarray(params[first_conv]["kernel"]), workdir / "conv1_filters.png")
-    plots.plot_confusion(cm, data.class_names(config.data.name), workdir / "confusion.png")
+    plots.plot_confusion(cm, idx.class_names(config.data.name), workdir / "confusion.png")
     return summary
 
 
@@ -303,7 +303,7 @@ def per_example_report(workdir, top: int = 16, batch_size: int = 250) -> dict:
     np.savez(workdir / "per_example.npz", loss=loss_N, grad_norm=norm_N, prediction=pred_N)
     plots.plot_histogram(norm_N, workdir / "grad_norms.png", "per-example gradient norm",
                          f"{config.data.name} test split, epoch {epochs_done}")  # fmt: skip
-    names = data.class_names(config.data.name)
+    names = idx.class_names(config.data.name)
     hardest = np.argsort(-loss_N)[:top]
     captions = [f"{names[labels[i]]} -> {names[pred_N[i]]}\nloss {loss_N[i]:.2f}" for i in hardest]
     plots.plot_examples(images[hardest], captions, workdir / "hardest.png",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -77,6 +78,17 @@ def _check_axes(config, axes) -> None:
             if name in seen:
                 raise SweepError(f"sweep field {name!r} appears in two axes")
             seen.add(name)
+
+
+def axes_from_file(path: str):
+    """get_sweep() of the config file at `path`."""
+    spec = importlib.util.spec_from_file_location("sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise SweepError(f"{path} has no get_sweep(); a sweep config defines get_sweep() "
+                         "returning a list of axes (see configs/sweep_lr.py)")  # fmt: skip
+    return module.get_sweep()
 
 
 def expand(config, axes) -> list[dict]:

@@ -13,5 +13,5 @@ def get_config():
     config.seed = 0  # of the params init
     config.batch = 256  # test images compared
     config.dataset = "mnist"  # or "fashion_mnist" (cnnjax.data.DATASETS)
-    config.source_dir = ""  # the four IDX files; "" finds them (cnnjax.data.find_source_dir)
+    config.source_dir = ""  # the four IDX files; "": cnnjax.idx.find_source_dir, else TFDS
     return config

@@ -1,10 +1,8 @@
 """Entry points (python -m experiments.X): each parses flags and calls the library."""
 
-import importlib.util
-
 from absl import app, flags, logging
 
-from cnnjax import runtime, sweep
+from cnnjax import runtime
 
 
 def begin(argv) -> None:
@@ -18,13 +16,3 @@ def begin(argv) -> None:
     if runtime.wanted():
         logging.info("runtime settings: %s", runtime.tune())
 
-
-def sweep_axes(path: str):
-    """get_sweep() of the config file at `path`."""
-    spec = importlib.util.spec_from_file_location("sweep_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise sweep.SweepError(f"{path} has no get_sweep(); a sweep config defines get_sweep() "
-                               "returning a list of axes (see configs/sweep_lr.py)")  # fmt: skip
-    return module.get_sweep()

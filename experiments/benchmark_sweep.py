@@ -31,7 +31,7 @@ _OUT = flags.DEFINE_string("out", "runs/benchmark_sweep", "where the JSON and ma
 def main(argv) -> int:
     experiments.begin(argv)
     config = _CONFIG.value
-    axes = experiments.sweep_axes(config_flags.get_config_filename(flags.FLAGS["config"]))
+    axes = sweep.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
     configs = [sweep.member_config(config, o) for o in sweep.expand(config, axes)]
     rows = benchmark.population_vs_sequential(configs, steps=_STEPS.value, repeats=_REPEATS.value,
                                      layouts=_LAYOUTS.value)  # fmt: skip

@@ -16,9 +16,20 @@ from absl import app
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import data, flax_models, models, report
+from cnnjax import flax_models, idx, models, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/compare_flax.py")
+
+
+def test_images(name: str, source_dir):
+    """The test split, read from the IDX files where there are any (no TFDS needed), else
+    through TFDS (which downloads them)."""
+    source = idx.find_source_dir(name, source_dir)
+    if source is not None:
+        return idx.read_split(name, "test", source)
+    from cnnjax import data  # TFDS only when it must download
+
+    return data.load(name, "test")
 
 
 def main(argv) -> int:
@@ -27,12 +38,11 @@ def main(argv) -> int:
     if config.batch < 1:
         raise app.UsageError(f"--config.batch must be >= 1, got {config.batch}")
     try:
-        source_dir = config.source_dir or None
-        images_NHWC, labels_N = data.load(config.dataset, "test", source_dir=source_dir)
+        images_NHWC, labels_N = test_images(config.dataset, config.source_dir or None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    x_NHWC = jnp.asarray(data.normalize(images_NHWC[: config.batch]))
+    x_NHWC = jnp.asarray(idx.normalize(images_NHWC[: config.batch]))
     labels_N = jnp.asarray(labels_N[: config.batch])
     init_key = jax.random.key(config.seed)
     params = models.init(init_key, models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE)

@@ -34,7 +34,7 @@ def main(argv) -> int:
         elif _CONFIG.value is None:
             raise sweep.SweepError("--config is required (a config file with get_sweep())")
         else:
-            axes = experiments.sweep_axes(config_flags.get_config_filename(flags.FLAGS["config"]))
+            axes = sweep.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
             shard = sweep.parse_shard(_SHARD.value)
             rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard,
                              resume=_RESUME.value)  # fmt: skip

@@ -1,5 +1,5 @@
-"""cnnjax.data: IDX parsing; the TFDS builders from a directory (gz, raw) or a download; sha256
-checks; where the files are looked for; the errors; loading the prepared array_record files."""
+"""cnnjax.data: the TFDS builders from a directory (gz, raw) or a download; sha256 checks; the
+errors; loading the prepared array_record files."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import socket
-import struct
 import subprocess
 import sys
 
@@ -15,90 +14,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cnnjax import data
-
-SIZES = {"train": 20, "test": 10}  # examples in the fake IDX files
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An IDX file as the MNIST distribution writes it: magic 0x0000080<ndim>, dims, uint8."""
-    header = struct.pack(">I", 0x0800 | array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_dir(directory, *, gz: bool, image_HW=(28, 28)):
-    """The four IDX files of a small fake dataset -> (stem -> array, stem -> sha256)."""
-    rng = np.random.default_rng(0)
-    directory.mkdir(parents=True, exist_ok=True)
-    arrays, checksums = {}, {}
-    for split, (images_stem, labels_stem) in data.FILES.items():
-        n = SIZES[split]
-        arrays[images_stem] = rng.integers(0, 256, (n, *image_HW), dtype=np.uint8)
-        arrays[labels_stem] = rng.integers(0, 10, (n,), dtype=np.uint8)
-    for stem in data.STEMS:
-        raw = idx_bytes(arrays[stem])
-        checksums[stem] = hashlib.sha256(raw).hexdigest()
-        if gz:  # a gzip wrapper unlike the distribution's (level, mtime): the content still counts
-            (directory / f"{stem}.gz").write_bytes(gzip.compress(raw, compresslevel=1, mtime=7))
-        else:
-            (directory / stem).write_bytes(raw)
-    return arrays, checksums
+from cnnjax import data, idx
+from tests.test_idx import SIZES, idx_bytes, write_idx_dir
 
 
 @pytest.fixture
 def isolated(monkeypatch, tmp_path):
     """No $CNNJAX_DATA_DIR, no default source directory, no network: only what a test gives."""
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
-    for builder in data.DATASETS.values():
-        monkeypatch.setattr(builder, "DEFAULT_SOURCE", tmp_path / "no-default-source")
+    monkeypatch.delenv(idx.ENV_VAR, raising=False)
+    for facts in idx.DATASETS.values():
+        monkeypatch.setattr(facts, "DEFAULT_SOURCE", tmp_path / "no-default-source")
     monkeypatch.setattr(data, "_reachable", lambda url: False)
     return tmp_path
-
-
-# --- IDX files ---------------------------------------------------------------------------------
-
-
-def test_read_idx_tells_gz_from_raw_by_content_not_name(tmp_path):
-    labels_N = np.array([3, 0, 9], np.uint8)
-    (tmp_path / "raw-name").write_bytes(gzip.compress(idx_bytes(labels_N)))
-    (tmp_path / "gz-name.gz").write_bytes(idx_bytes(labels_N))
-    for name in ("raw-name", "gz-name.gz"):
-        np.testing.assert_array_equal(data.read_idx(tmp_path / name), labels_N)
-
-
-def test_read_idx_rejects_a_bad_magic(tmp_path):
-    path = tmp_path / "train-labels-idx1-ubyte"
-    path.write_bytes(b"\x00\x00\x08\x0d" + idx_bytes(np.arange(5))[4:])  # 0x0d: float32
-    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.*magic.*0x0000080d"):
-        data.read_idx(path)
-
-
-def test_read_idx_rejects_a_size_that_does_not_match_the_header(tmp_path):
-    path = tmp_path / "t10k-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 4, 3)))[:-1]))  # one pixel short
-    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz.*\(5, 4, 3\)"):
-        data.read_idx(path)
-
-
-def test_read_idx_rejects_a_truncated_gzip_stream(tmp_path):
-    path = tmp_path / "train-images-idx3-ubyte.gz"
-    path.write_bytes(gzip.compress(idx_bytes(np.zeros((5, 4, 3))))[:-9])
-    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz: a broken gzip file"):
-        data.read_idx(path)
-
-
-def test_read_idx_rejects_a_truncated_header(tmp_path):
-    path = tmp_path / "short"
-    path.write_bytes(b"\x00\x00\x08")
-    with pytest.raises(ValueError, match="shorter than 4 bytes"):
-        data.read_idx(path)
-
-
-def test_normalize_maps_uint8_onto_the_unit_interval():
-    x = data.normalize(np.array([0, 1, 128, 255], np.uint8))
-    assert x.dtype == np.float32
-    np.testing.assert_array_equal(x[[0, 3]], [0.0, 1.0])
-    assert np.all(np.diff(x) > 0)
 
 
 # --- preparing and loading through TFDS ---------------------------------------------------------
@@ -108,7 +35,7 @@ def test_normalize_maps_uint8_onto_the_unit_interval():
 def test_idx_files_round_trip_through_tfds(isolated, gz):
     arrays, checksums = write_idx_dir(isolated / "idx", gz=gz)
     tfds_dir = isolated / "tfds"
-    for split, (images_stem, labels_stem) in data.FILES.items():
+    for split, (images_stem, labels_stem) in idx.FILES.items():
         images_NHWC, labels_N = data.load(
             "fashion_mnist", split, data_dir=tfds_dir, source_dir=isolated / "idx",
             checksums=checksums,
@@ -125,7 +52,7 @@ def test_idx_files_round_trip_through_tfds(isolated, gz):
     source = tfds.data_source("cnnjax_fashion_mnist", split="test", data_dir=tfds_dir)
     np.testing.assert_array_equal(source[3]["image"][..., 0], arrays["t10k-images-idx3-ubyte"][3])
     info = tfds.builder("cnnjax_fashion_mnist", data_dir=tfds_dir).info
-    assert tuple(info.features["label"].names) == data.class_names("fashion_mnist")
+    assert tuple(info.features["label"].names) == idx.class_names("fashion_mnist")
     assert "tensorflow" not in sys.modules
 
 
@@ -158,7 +85,7 @@ def test_missing_files_list_the_four_names_and_the_ways_to_provide_them(isolated
     with pytest.raises(FileNotFoundError) as excinfo:
         data.load(name, "test", data_dir=isolated / "tfds", source_dir=isolated / "empty")
     message = str(excinfo.value)
-    for expected in (*data.STEMS, "source_dir=", "--config.source_dir", data.ENV_VAR):
+    for expected in (*idx.STEMS, "source_dir=", "--config.source_dir", idx.ENV_VAR):
         assert expected in message
     assert data.DATASETS[name].URL in message
     assert str(isolated / "no-default-source") in message
@@ -171,7 +98,7 @@ def test_nothing_found_offline_fails_at_once_with_the_install_hint(isolated):
         data.load("fashion_mnist", "test", data_dir=isolated / "tfds")
     message = str(excinfo.value)
     assert "is not reachable" in message and "apt-get install -y dataset-fashion-mnist" in message
-    assert all(stem in message for stem in data.STEMS)
+    assert all(stem in message for stem in idx.STEMS)
 
 
 def test_the_download_path_asks_tfds_for_the_standard_urls(isolated, monkeypatch):
@@ -189,7 +116,7 @@ def test_the_download_path_asks_tfds_for_the_standard_urls(isolated, monkeypatch
     np.testing.assert_array_equal(images_NHWC[..., 0], arrays["t10k-images-idx3-ubyte"])
     np.testing.assert_array_equal(labels_N, arrays["t10k-labels-idx1-ubyte"])
     base = "https://storage.googleapis.com/cvdf-datasets/mnist/"
-    assert requested == [{stem: f"{base}{stem}.gz" for stem in data.STEMS}]
+    assert requested == [{stem: f"{base}{stem}.gz" for stem in idx.STEMS}]
 
 
 def test_the_download_urls_are_tfds_own():
@@ -220,27 +147,9 @@ def test_reachable_sees_a_listening_port_and_a_closed_one(monkeypatch):
     assert data._reachable(f"http://127.0.0.1:{port}/")  # behind a proxy, the proxy decides
 
 
-def test_source_dir_precedence(isolated, monkeypatch):
-    explicit, env, default = (isolated / name for name in ("explicit", "env", "default"))
-    for directory in (explicit, env, default):
-        directory.mkdir()
-    assert data.find_source_dir("mnist") is None  # nothing anywhere: download
-    monkeypatch.setattr(data.CnnjaxMnist, "DEFAULT_SOURCE", default)
-    assert data.find_source_dir("mnist") == default
-    assert data.find_source_dir("fashion_mnist") is None  # the default is per dataset
-    monkeypatch.setenv(data.ENV_VAR, str(env))
-    assert data.find_source_dir("mnist") == env
-    assert data.find_source_dir("mnist", explicit) == explicit
-    monkeypatch.setenv(data.ENV_VAR, str(isolated / "missing"))
-    with pytest.raises(FileNotFoundError, match=f"{data.ENV_VAR}=.*missing is not a directory"):
-        data.find_source_dir("mnist")
-    with pytest.raises(FileNotFoundError, match=r"source_dir=.*nowhere is not a directory"):
-        data.find_source_dir("mnist", isolated / "nowhere")
-
-
 def test_load_reads_the_directory_named_by_the_environment(isolated, monkeypatch):
     arrays, checksums = write_idx_dir(isolated / "idx", gz=False)
-    monkeypatch.setenv(data.ENV_VAR, str(isolated / "idx"))
+    monkeypatch.setenv(idx.ENV_VAR, str(isolated / "idx"))
     _, labels_N = data.load("mnist", "test", data_dir=isolated / "tfds", checksums=checksums)
     np.testing.assert_array_equal(labels_N, arrays["t10k-labels-idx1-ubyte"])
 
@@ -277,15 +186,12 @@ def test_unknown_names_and_splits_are_refused():
         data.load("mnist", "validation")
 
 
-def test_class_names_and_the_registry():
-    assert data.num_classes("mnist") == data.num_classes("fashion_mnist") == 10
-    assert data.class_names("mnist")[7] == "7"
-    names = data.class_names("fashion_mnist")
-    assert (names[0], names[5], names[9]) == ("T-shirt/top", "Sandal", "Ankle boot")
+def test_the_registry_of_builders():
     assert data.builder_class("mnist") is data.CnnjaxMnist
     assert tfds.builder_cls("cnnjax_fashion_mnist") is data.CnnjaxFashionMnist
-    for builder in data.DATASETS.values():
-        assert sorted(builder.SHA256) == sorted(data.STEMS)
+    for name, builder in data.DATASETS.items():
+        assert issubclass(builder, idx.DATASETS[name])  # the facts are the dataset's own
+        assert builder.CLASS_NAMES == idx.class_names(name)
 
 
 NO_TENSORFLOW = """
@@ -305,7 +211,7 @@ def test_tensorflow_is_not_needed(isolated):
     args = [str(isolated / "tfds"), str(isolated / "idx"), json.dumps(checksums)]
     result = subprocess.run(
         [sys.executable, "-c", NO_TENSORFLOW, *args],
-        cwd=data.REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        cwd=idx.REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "tensorflow modules: []" in result.stdout
@@ -325,7 +231,7 @@ REAL_LABEL_COUNTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REAL_LABEL_COUNTS))
 def test_the_real_datasets_prepare_from_their_default_directory(name, tmp_path, monkeypatch):
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv(idx.ENV_VAR, raising=False)
     builder = data.DATASETS[name]
     if not builder.DEFAULT_SOURCE.is_dir():
         # Not a silent skip: without the files (and offline), the error says how to get them.
@@ -338,6 +244,6 @@ def test_the_real_datasets_prepare_from_their_default_directory(name, tmp_path, 
         images_NHWC, labels_N = data.load(name, split, data_dir=tmp_path)  # sha256s checked
         assert images_NHWC.shape == (n, 28, 28, 1) and images_NHWC.dtype == np.uint8
         np.testing.assert_array_equal(np.bincount(labels_N), REAL_LABEL_COUNTS[name][split])
-    official_NHW = data.read_idx(builder.DEFAULT_SOURCE / "t10k-images-idx3-ubyte.gz")
+    official_NHW = idx.read_idx(builder.DEFAULT_SOURCE / "t10k-images-idx3-ubyte.gz")
     np.testing.assert_array_equal(images_NHWC[..., 0], official_NHW)
     assert "tensorflow" not in sys.modules

@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cnnjax import plots, report
+from cnnjax import plots, progress, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -236,7 +235,7 @@ class _Unconvertible:
 
 @pytest.mark.parametrize("enabled", [False, None], ids=["disabled", "not-a-tty"])
 def test_progress_is_silent_when_off(enabled, capsys):
-    bar = report.progress(range(5), "epoch 1", enabled=enabled)
+    bar = progress.progress(range(5), "epoch 1", enabled=enabled)
     seen = []
     for item in bar:
         seen.append(item)
@@ -247,17 +246,10 @@ def test_progress_is_silent_when_off(enabled, capsys):
 
 
 def test_progress_shows_metrics_when_on(capsys):
-    bar = report.progress(3, "epoch 2", enabled=True)
+    bar = progress.progress(3, "epoch 2", enabled=True)
     for _ in range(3):
         bar.update(1)
         bar.set_metrics(loss=jnp.float32(0.41), accuracy=np.float64(0.8625))
     bar.close()
     err = capsys.readouterr().err
     assert "epoch 2" in err and "3/3" in err and "loss=0.4100, accuracy=0.8625" in err
-
-
-def test_report_does_not_pull_in_matplotlib():
-    code = "import sys, cnnjax.report; print('matplotlib' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", "models imports report; keep plotting in plots.py"
-    assert os.path.basename(plots.__file__) == "plots.py"

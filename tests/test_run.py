@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnjax import data, run
+from cnnjax import data, idx, run
 from configs import smoke
 
 REPO = Path(__file__).resolve().parent.parent
@@ -21,7 +21,7 @@ TRAIN_N, TEST_N = 1024, 200  # 32 steps of 32 per epoch
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
-    magic = data.IMAGES_MAGIC if array.ndim == 3 else data.LABELS_MAGIC
+    magic = idx.IMAGES_MAGIC if array.ndim == 3 else idx.LABELS_MAGIC
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
     return header + array.astype(np.uint8).tobytes()
 
