@@ -209,15 +209,17 @@ def flax_values(params: dict, spec: models.Spec, x_NHWC, labels_N) -> dict:
     """{"pure" | "linen" | "nnx": (logits_NK, loss, grads)}: the batch-mean cross-entropy and its
     gradient w.r.t. the params (a pure tree), each framework from the same params.
 
-    Each framework runs as its own jitted program (so XLA cannot merge one into another); the
-    converters run outside jit, as a user would call them.
+    Each framework runs as its own jitted program (so XLA cannot merge one into another), at
+    the highest matmul precision (ops.highest_precision: float32 is float32 on GPUs and TPUs
+    too); the converters run outside jit, as a user would call them.
     """
-    values = {"pure": _pure_values(params, x_NHWC, labels_N, spec)}
-    logits_NK, loss, grads = _linen_values(pure_to_linen(params), x_NHWC, labels_N, spec)
-    values["linen"] = (logits_NK, loss, linen_to_pure(grads))
     module = pure_to_nnx(params, spec, x_NHWC.shape[1:])
-    logits_NK, loss, grads = _nnx_values(module, x_NHWC, labels_N)
-    values["nnx"] = (logits_NK, loss, nnx_to_pure(grads))
+    with ops.highest_precision():
+        values = {"pure": _pure_values(params, x_NHWC, labels_N, spec)}
+        logits_NK, loss, grads = _linen_values(pure_to_linen(params), x_NHWC, labels_N, spec)
+        values["linen"] = (logits_NK, loss, linen_to_pure(grads))
+        logits_NK, loss, grads = _nnx_values(module, x_NHWC, labels_N)
+        values["nnx"] = (logits_NK, loss, nnx_to_pure(grads))
     return values
 
 

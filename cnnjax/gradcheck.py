@@ -21,6 +21,9 @@ elementwise relative error is meaningless near the zeros gradients are full of. 
 off by the gradient's own scale, O(1). Tolerances on it (reasons and measured maxima at the
 constants below): hand vs autodiff 1e-4 in float32, 1e-10 in float64; tie-heavy 1e-4 in float32,
 exact (0) in float64; FD (float64) 1e-5. Rules under test must be traceable: each check is a jit.
+Every check runs at the highest matmul precision on every backend (`ops.highest_precision`):
+the float32 tolerances above assume float32 arithmetic, which GPUs (TF32) and TPUs (bfloat16
+passes) do not give by default.
 """
 
 from __future__ import annotations
@@ -66,6 +69,13 @@ class Row(NamedTuple):
     max_rel_err: float  # max|a - b| / max|b|
     tolerance: float  # on max_rel_err
     passed: bool
+
+
+def _run(compute, *args):
+    """compute(*args), jitted at the checks' precision: every dot and convolution HIGHEST
+    (ops.highest_precision), so float32 is float32 on GPUs (not TF32) and TPUs (not bf16)."""
+    with ops.highest_precision():
+        return jax.jit(compute, compiler_options=_COMPILE)(*args)
 
 
 def _x64(dtype: str):
@@ -128,7 +138,7 @@ def _vjp_rows(layer, case, dtype, fn, args, names, hand, rng, kind="continuous")
             ]
             return jax.vjp(fn, *args)[1](dy), got if isinstance(got, tuple) else (got,), fd
 
-        want, got, fd = jax.jit(compute, compiler_options=_COMPILE)(args, dy, v)
+        want, got, fd = _run(compute, args, dy, v)
     ref, tol = (f"autodiff, {kind}", TOL_TIES) if ties else ("autodiff", TOL_AUTODIFF)
     rows = [
         _row(f"{layer}/{n} vs {ref}", case, dtype, g, w, tol[dtype])
@@ -323,7 +333,7 @@ def check_network(spec, input_shape, rng, dtype, *, prefix="net", case="", batch
             hand = value_and_grad(params, x, labels, spec, **kw)
             return jax.value_and_grad(loss)(params), hand, jax.grad(loss)(params, fns), fd
 
-        out = jax.jit(compute, compiler_options=_COMPILE)(params, v)
+        out = _run(compute, params, v)
     return _network_rows(prefix, case, dtype, list(shapes), v, *out)
 
 

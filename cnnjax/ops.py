@@ -3,6 +3,11 @@
 Legend: x_HWC one input example (height, width, channels); w_HWIO a conv kernel (height, width,
 in-channels, out-channels), the layout Flax uses; b_O a bias; y_HWO an output; x_I / w_IO a dense
 layer's input and kernel. Batches come from `jax.vmap` over these functions.
+
+Precision: convolutions and dots take JAX's default matmul precision, the backend's fast one
+(float32 on CPUs; on recent NVIDIA GPUs TF32, about 1e-3 relative; on TPUs bfloat16 passes).
+Checks that compare float32 results to 1e-4 need true float32 arithmetic: they run inside
+`highest_precision()`, which makes every dot and convolution traced within it HIGHEST.
 """
 
 from __future__ import annotations
@@ -15,6 +20,13 @@ Pair = tuple[int, int]
 Padding = str | tuple[Pair, Pair]
 
 _DIMS = ("NHWC", "HWIO", "NHWC")  # one example is lifted to a batch of one for lax
+CHECK_PRECISION = "highest"  # the gradient checks' and the Flax parity's matmul precision
+
+
+def highest_precision():
+    """A context in which every dot and convolution JAX traces runs at full float32 (or float64)
+    precision on any backend: jax.default_matmul_precision(CHECK_PRECISION)."""
+    return jax.default_matmul_precision(CHECK_PRECISION)
 
 
 # --------------------------------------------------------------------------- shape rules

@@ -15,4 +15,3 @@ def begin(argv) -> None:
         logging.set_verbosity(logging.WARNING)
     if runtime.wanted():
         logging.info("runtime settings: %s", runtime.tune())
-
