@@ -12,7 +12,6 @@ its peak resident memory is its own. Also: a finished run's time to a target acc
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cnnjax import models, ops, peers, population, report, run, runtime, train
+from cnnjax import feed, models, ops, parallel, peers, population, report, run, runtime, train
 
 
 def _compile(jitted, *args):
@@ -48,41 +47,43 @@ def _windows(run_window, repeats: int) -> list[float]:
     return seconds
 
 
-def sequential(configs, spec, images_NHWC, labels_N, idx_MSB, repeats: int) -> dict:
+def sequential(configs, spec, data, idx_MSB, repeats: int) -> dict:
     """M solo runs one after another, each with its own compiled step (its numbers are
-    constants in its program), as `python -m experiments.train` runs them."""
-    steps_per_epoch = images_NHWC.shape[0] // configs[0].train.batch_size
-    compiled, states, compile_s = [], [], 0.0
+    constants in its program), as `python -m experiments.train` runs them; `data` a feed."""
+    steps_per_epoch = len(data.split[1]) // configs[0].train.batch_size
+    compiled, states, batches, compile_s = [], [], [], 0.0
     for config, idx_SB in zip(configs, idx_MSB, strict=True):
         optimizer = train.make_optimizer(config.optim, steps_per_epoch, config.train.epochs)
-        state = train.init_state(config.seed, spec, images_NHWC.shape[1:], optimizer)
-        step = jax.jit(functools.partial(train.train_step, spec=spec, optimizer=optimizer,
-                                         config=config), donate_argnums=0)  # fmt: skip
-        fn, seconds = _compile(step, state, images_NHWC, labels_N, idx_SB[0])
+        state = train.init_state(config.seed, spec, data.split[0].shape[1:], optimizer)
+        step = jax.jit(train.fed_step(data, spec=spec, optimizer=optimizer, config=config),
+                       donate_argnums=0)  # fmt: skip
+        batches.append(list(data.batches(idx_SB)))
+        fn, seconds = _compile(step, state, data.resident, batches[-1][0])
         compiled.append(fn)
         states.append(state)
         compile_s += seconds
 
     def window():
         for k, fn in enumerate(compiled):
-            for idx_B in idx_MSB[k]:
-                states[k], metrics = fn(states[k], images_NHWC, labels_N, idx_B)
+            for batch in batches[k]:
+                states[k], metrics = fn(states[k], data.resident, batch)
             jax.block_until_ready(metrics)
 
     return dict(compile_s=compile_s, seconds=_windows(window, repeats))
 
 
-def together(configs, spec, images_NHWC, labels_N, idx_MSB, repeats: int, layout: str) -> dict:
+def together(configs, spec, data, idx_MSB, repeats: int, layout: str) -> dict:
     """The same M members as one population program (cnnjax.population, `layout`)."""
-    steps_per_epoch = images_NHWC.shape[0] // configs[0].train.batch_size
-    pop = population.init(configs, spec, images_NHWC.shape[1:], steps_per_epoch)
-    step = population.make_step(spec, configs[0], steps_per_epoch, layout)
-    fn, compile_s = _compile(step, pop, images_NHWC, labels_N, idx_MSB[:, 0])
+    steps_per_epoch = len(data.split[1]) // configs[0].train.batch_size
+    pop = population.init(configs, spec, data.split[0].shape[1:], steps_per_epoch)
+    step = population.make_step(spec, configs[0], steps_per_epoch, layout, data)
+    batches = list(data.batches(idx_MSB.transpose(1, 0, 2), axis=1))
+    fn, compile_s = _compile(step, pop, data.resident, batches[0])
     holder = [pop]
 
     def window():
-        for s in range(idx_MSB.shape[1]):
-            holder[0], metrics = fn(holder[0], images_NHWC, labels_N, idx_MSB[:, s])
+        for batch_M in batches:
+            holder[0], metrics = fn(holder[0], data.resident, batch_M)
         jax.block_until_ready(metrics)
 
     return dict(compile_s=compile_s, seconds=_windows(window, repeats))
@@ -94,14 +95,15 @@ def population_vs_sequential(configs, *, steps: int, repeats: int, layouts, exam
     config = configs[0]
     spec = models.SPECS[config.model.spec]
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.integers(0, 256, (examples, 28, 28, 1), dtype=np.uint8))
-    labels = jnp.asarray(rng.integers(0, 10, examples, dtype=np.int32))
-    idx_MSB = jnp.asarray(rng.integers(0, examples, (len(configs), steps, config.train.batch_size),
-                                       dtype=np.int32))  # fmt: skip
-    measured = {"sequential": sequential(configs, spec, images, labels, idx_MSB, repeats)}
+    images = rng.integers(0, 256, (examples, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, examples, dtype=np.int32)
+    idx_MSB = rng.integers(0, examples, (len(configs), steps, config.train.batch_size),
+                           dtype=np.int32)  # fmt: skip
+    data = feed.DeviceFeed((images, labels), parallel.make_mesh(jax.devices()[:1]))
+    measured = {"sequential": sequential(configs, spec, data, idx_MSB, repeats)}
     for layout in layouts:
-        measured[f"population ({layout})"] = together(configs, spec, images, labels, idx_MSB,
-                                                      repeats, layout)  # fmt: skip
+        measured[f"population ({layout})"] = together(configs, spec, data, idx_MSB, repeats,
+                                                      layout)  # fmt: skip
     work = len(configs) * steps * config.train.batch_size  # images per window
     base = np.median(work / np.asarray(measured["sequential"]["seconds"]))
     rows = []
@@ -213,7 +215,7 @@ def train_config(config, gradients: str, batch_size: int) -> ml_collections.Conf
     config = ml_collections.ConfigDict(config.to_dict())
     config.optim.update(schedule="constant", warmup_epochs=0.0, weight_decay=0.0, nesterov=False)
     config.train.update(gradients=gradients, batch_size=batch_size, label_smoothing=0.0,
-                        scan=False)  # fmt: skip
+                        scan="no")  # fmt: skip
     config.data.update(shift=0, flip=False)
     return config
 
@@ -225,17 +227,18 @@ def _cnnjax_windows(method, config, spec, params, data):
     optimizer = train.make_optimizer(config.optim, steps_per_epoch=1, epochs=1)
     state = train.init_state(config.seed, spec, data["images"].shape[1:], optimizer)
     holder = [state._replace(params=params, opt_state=optimizer.init(params))]
-    run_steps = train.make_train_steps(spec, optimizer, config)
-    images, labels, idx_SB = (jnp.asarray(data[k]) for k in ("images", "labels", "idx_SB"))
-    eval_images, eval_labels = jnp.asarray(data["eval_images"]), jnp.asarray(data["eval_labels"])
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    train_feed = feed.DeviceFeed((data["images"], data["labels"]), mesh)
+    eval_feed = feed.DeviceFeed((data["eval_images"], data["eval_labels"]), mesh)
+    run_steps = train.make_train_steps(spec, optimizer, config, train_feed)
 
     def train_window():
-        holder[0], metrics = run_steps(holder[0], images, labels, idx_SB)
+        holder[0], metrics = run_steps(holder[0], data["idx_SB"])
         return float(metrics["loss"][-1])
 
     def eval_window():
-        jax.block_until_ready(train.evaluate(holder[0].params, eval_images, eval_labels,
-                                             spec=spec, batch_size=EVAL_BATCH))  # fmt: skip
+        jax.block_until_ready(train.evaluate_fed(holder[0].params, eval_feed, spec=spec,
+                                                 batch_size=EVAL_BATCH))  # fmt: skip
 
     return train_window, eval_window
 
@@ -342,7 +345,8 @@ def _child() -> None:
     settings first (before JAX starts) if the method is `tuned`."""
     job = json.loads(sys.stdin.read())
     job["config"] = ml_collections.ConfigDict(job["config"])
-    settings = runtime.tune() if tuned(job["method"]) else {}
+    deterministic = job["config"].train.deterministic
+    settings = runtime.tune(deterministic=deterministic) if tuned(job["method"]) else {}
     print(_RESULT + json.dumps(dict(measure(**job), runtime=settings)), flush=True)
 
 

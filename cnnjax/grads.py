@@ -441,12 +441,15 @@ def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0
     for layer, p in zip(spec, layer_ps, strict=True):
         inputs.append(h)
         h = jax.vmap(lambda x, layer=layer, p=p: models.layer_apply(layer, p, x))(h)
+    # The loss in at least float32: logits computed in bfloat16 (mixed precision) are upcast
+    # for the softmax, and the error goes back down in the layers' dtype.
+    z = h.astype(losses.loss_dtype(h.dtype))
     ce = functools.partial(losses.cross_entropy, label_smoothing=label_smoothing)
-    losses_N = jax.vmap(ce)(h, labels_N)
+    losses_N = jax.vmap(ce)(z, labels_N)
     n = x_NHWC.shape[0]
     ce_vjp = functools.partial(cross_entropy_vjp, label_smoothing=label_smoothing)
-    dy = jax.vmap(ce_vjp)(h, labels_N) / n  # the batch mean's 1/N, applied once at the top
-    return jnp.mean(losses_N), h, _reverse_pass(spec, layer_ps, inputs, dy, _layer_vjp_batch)
+    dy = (jax.vmap(ce_vjp)(z, labels_N) / n).astype(h.dtype)  # the batch mean's 1/N, once
+    return jnp.mean(losses_N), z, _reverse_pass(spec, layer_ps, inputs, dy, _layer_vjp_batch)
 
 
 def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):

@@ -19,6 +19,12 @@ def _shift(logits):
     return jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
 
 
+def loss_dtype(dtype):
+    """The dtype a loss is computed in for logits of `dtype`: at least float32 (a bfloat16
+    softmax keeps 8 bits and loses small probabilities), float64 stays float64."""
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
 def softmax(logits):
     """p_k = exp(z_k - max z) / sum_j exp(z_j - max z), over the last axis."""
     e = jnp.exp(logits - _shift(logits))

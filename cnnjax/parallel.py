@@ -91,6 +91,28 @@ def put_sharded(array, mesh: Mesh, axis: int):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def put_gathered(array_N, idx, mesh: Mesh, axis: int):
+    """array_N[idx] as a global array whose dimension `axis` (of idx) is split over `mesh`, each
+    device's slice gathered from the host array by itself: a process gathers only the rows its
+    own devices hold, and no device ever holds array_N.
+
+    Args:
+      array_N: a host (numpy) array, e.g. a whole split's images_NHWC.
+      idx: integer indices into its first dimension, e.g. idx_B or idx_SB (every process passes
+        the same); idx.shape[axis] must be divisible by mesh.size.
+      axis: the dimension of idx to split, e.g. 0 for idx_B, 1 for idx_SB.
+    Returns:
+      A `jax.Array` of shape idx.shape + array_N.shape[1:] and array_N's dtype.
+    """
+    idx = np.asarray(idx)
+    check_divisible(idx.shape[axis], mesh)
+    shape = idx.shape + array_N.shape[1:]
+    sharding = batch_sharding(mesh, len(shape), axis)
+    return jax.make_array_from_callback(
+        shape, sharding, lambda index: array_N[idx[index[: idx.ndim]]][(..., *index[idx.ndim :])]
+    )
+
+
 def check_divisible(batch_size: int, mesh: Mesh) -> None:
     """Raise a ValueError unless `batch_size` splits evenly over the devices of `mesh`."""
     if batch_size % mesh.size:

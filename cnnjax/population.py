@@ -96,11 +96,11 @@ def member(tree, k: int):
     return jax.tree.map(lambda leaf: leaf[k], tree)
 
 
-def _member_step(state, hyper, diverged_at, images_NHWC, labels_N, idx_B, *, spec, config,
+def _member_step(state, hyper, diverged_at, resident, batch, *, feed, spec, config,
                  steps_per_epoch):  # fmt: skip
     optimizer = member_optimizer(config, hyper, steps_per_epoch)
     new, metrics = train.train_step(
-        state, images_NHWC, labels_N, idx_B, spec=spec, optimizer=optimizer, config=config,
+        state, *feed.gather(resident, batch), spec=spec, optimizer=optimizer, config=config,
         label_smoothing=hyper["label_smoothing"],
     )  # fmt: skip
     finite = jnp.isfinite(metrics["loss"])
@@ -113,24 +113,25 @@ def _member_step(state, hyper, diverged_at, images_NHWC, labels_N, idx_B, *, spe
     return state, diverged_at, metrics
 
 
-def make_step(spec, config, steps_per_epoch: int, layout: str):
-    """jit(fn(population, images_NHWC, labels_N, idx_MB) -> (population, metrics_M)), the
-    population's buffers donated; `layout` as in the module docstring."""
-    one = functools.partial(_member_step, spec=spec, config=config,
+def make_step(spec, config, steps_per_epoch: int, layout: str, feed):
+    """jit(fn(population, resident, batch_M) -> (population, metrics_M)), the population's
+    buffers donated: one step of every member on its own examples, batch_M = feed.batch(idx_MB,
+    axis=1) (cnnjax.feed); `layout` as in the module docstring."""
+    one = functools.partial(_member_step, feed=feed, spec=spec, config=config,
                             steps_per_epoch=steps_per_epoch)  # fmt: skip
 
-    def step(pop: Population, images_NHWC, labels_N, idx_MB):
+    def step(pop: Population, resident, batch_M):
         args = (pop.state, pop.hyper, pop.diverged_at)
         if layout == "vmap":
-            mapped = jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))
-            state, diverged_at, metrics = mapped(*args, images_NHWC, labels_N, idx_MB)
+            mapped = jax.vmap(one, in_axes=(0, 0, 0, None, 0))
+            state, diverged_at, metrics = mapped(*args, resident, batch_M)
         elif layout == "map":
             state, diverged_at, metrics = jax.lax.map(
-                lambda a: one(*a[:3], images_NHWC, labels_N, a[3]), (*args, idx_MB)
+                lambda a: one(*a[:3], resident, a[3]), (*args, batch_M)
             )
         else:  # "unroll"; "sequential" is the unroll of one member
-            outs = [one(*member(args, k), images_NHWC, labels_N, idx_MB[k])
-                    for k in range(idx_MB.shape[0])]  # fmt: skip
+            count = len(pop.diverged_at)
+            outs = [one(*member(args, k), resident, member(batch_M, k)) for k in range(count)]
             state, diverged_at, metrics = jax.tree.map(lambda *m: jnp.stack(m), *outs)
         return Population(state, pop.hyper, diverged_at), metrics
 
@@ -156,13 +157,14 @@ def available_bytes() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def member_bytes(spec, config, steps_per_epoch: int, split) -> int:
+def member_bytes(spec, config, steps_per_epoch: int, feed) -> int:
     """Device memory one more member costs: its state (in and out of a step) plus the step's
     temporaries, from XLA's memory analysis of a one-member program."""
-    pop = jax.eval_shape(lambda: init([config], spec, split[0].shape[1:], steps_per_epoch))
-    idx = jax.ShapeDtypeStruct((1, config.train.batch_size), jnp.int32)
-    compiled = make_step(spec, config, steps_per_epoch, "unroll").lower(pop, *split, idx).compile()
-    analysis = compiled.memory_analysis()
+    images = feed.split[0]
+    pop = jax.eval_shape(lambda: init([config], spec, images.shape[1:], steps_per_epoch))
+    batch = feed.abstract_batch((1, config.train.batch_size))
+    step = make_step(spec, config, steps_per_epoch, "unroll", feed)
+    analysis = step.lower(pop, feed.resident, batch).compile().memory_analysis()
     state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(pop))
     temp = analysis.temp_size_in_bytes if analysis is not None else 0
     return int(2 * state_bytes + temp)
@@ -189,16 +191,17 @@ def stack_rows(metrics_SM: list[dict]) -> dict:
 # --------------------------------------------------------------------------------- on disk
 
 
-def _epoch(pop, step, train_split, epoch, config, label, mesh):
+def _epoch(pop, step, train_feed, epoch, config, label):
     """One epoch of the population; returns (population, name -> float64[S, M]). Each step's
-    idx_MB is split over the mesh's devices along B (data parallel within every member)."""
-    images, labels = train_split
-    steps = images.shape[0] // config.train.batch_size
-    idx_MSB = np.asarray(epoch_indices(pop, epoch, images.shape[0], config.train.batch_size))
+    examples idx_MB come through the feed, split over its mesh along B (data parallel within
+    every member)."""
+    num_examples = len(train_feed.split[1])
+    steps = num_examples // config.train.batch_size
+    idx_MSB = np.asarray(epoch_indices(pop, epoch, num_examples, config.train.batch_size))
     bar = progress.progress(steps, f"{label} epoch {epoch + 1}/{config.train.epochs}")
     seen = []
-    for s in range(steps):
-        pop, metrics = step(pop, images, labels, parallel.put_sharded(idx_MSB[:, s], mesh, 1))
+    for s, batch_M in enumerate(train_feed.batches(idx_MSB.transpose(1, 0, 2), axis=1)):
+        pop, metrics = step(pop, train_feed.resident, batch_M)
         seen.append(metrics)
         if (s + 1) % config.train.steps_per_chunk == 0 or s + 1 == steps:
             jax.block_until_ready(metrics)  # the bar shows finished steps, not queued ones
@@ -207,38 +210,40 @@ def _epoch(pop, step, train_split, epoch, config, label, mesh):
     return pop, stack_rows(seen)
 
 
-def fit(configs, members: list[int], directory: Path, spec, splits, *, layout: str,
-        resume: bool, label: str = "population", mesh=None) -> Population:  # fmt: skip
+def fit(configs, members: list[int], directory: Path, spec, feeds, *, layout: str,
+        resume: bool, label: str = "population") -> Population:  # fmt: skip
     """Train `configs` (one program: they differ only in HYPER and seed) as one population in
     `directory`: metrics.jsonl (a line per member per epoch, `member` = its index in `members`
     order) and checkpoints/<epochs done>/ of the whole population; resume=True continues
-    from the last checkpoint. The population is replicated on `mesh` (default: every device of
-    this process; `splits` should be placed there too, see run.load_data) and each batch split
-    over it. Returns the final population."""
-    config, (train_split, test_split) = configs[0], splits
-    mesh = parallel.make_mesh(jax.local_devices()) if mesh is None else mesh
+    from the last checkpoint. `feeds` = (train feed, test feed) (cnnjax.feed, e.g.
+    run.make_feeds): the population is replicated on their mesh and each batch split over it.
+    Returns the final population."""
+    config, (train_feed, test_feed) = configs[0], feeds
+    mesh = train_feed.mesh
     try:
         parallel.check_divisible(config.train.batch_size, mesh)
     except ValueError as error:
         raise run.RunError(f"config.train.batch_size: {error}") from None
-    steps = train_split[0].shape[0] // config.train.batch_size
+    images = train_feed.split[0]
+    steps = images.shape[0] // config.train.batch_size
     if steps == 0:
-        raise run.RunError(f"the training split has {train_split[0].shape[0]} examples, fewer "
+        raise run.RunError(f"the training split has {images.shape[0]} examples, fewer "
                            f"than one batch of {config.train.batch_size}")  # fmt: skip
-    pop = parallel.put_replicated(init(configs, spec, tuple(train_split[0].shape[1:]), steps), mesh)
+    pop = parallel.put_replicated(init(configs, spec, tuple(images.shape[1:]), steps), mesh)
     manager = run.checkpoint_manager(directory, config.train.checkpoints_kept)
     pop, epochs_done = run.restore(manager, pop) if resume else (pop, 0)
     if resume:
         report.truncate_after(directory / "metrics.jsonl", epochs_done * steps)
-    step = make_step(spec, config, steps, layout)
+    step = make_step(spec, config, steps, layout, train_feed)
     with report.MetricsWriter(directory / "metrics.jsonl") as writer:
         for epoch in range(epochs_done, config.train.epochs):
             start = time.perf_counter()
-            pop, seen = _epoch(pop, step, train_split, epoch, config, label, mesh)
+            pop, seen = _epoch(pop, step, train_feed, epoch, config, label)
             seconds = time.perf_counter() - start
             for k, index in enumerate(members):
-                test = train.evaluate(member(pop, k).state.params, *test_split, spec=spec,
-                                      batch_size=config.train.eval_batch_size)  # fmt: skip
+                test = train.evaluate_fed(member(pop, k).state.params, test_feed, spec=spec,
+                                          batch_size=config.train.eval_batch_size,
+                                          dtype=config.train.compute_dtype)  # fmt: skip
                 writer.write(kind="epoch", step=(epoch + 1) * steps, epoch=epoch + 1,
                              member=index, train_loss=np.mean(seen["loss"][:, k]),
                              train_accuracy=np.mean(seen["accuracy"][:, k]),

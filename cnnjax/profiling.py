@@ -15,7 +15,6 @@ Legend: B the batch size.
 from __future__ import annotations
 
 import collections
-import functools
 import itertools
 import pathlib
 import re
@@ -25,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from cnnjax import benchmark, models, report, train
+from cnnjax import benchmark, feed, models, parallel, report, train
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -138,19 +137,20 @@ def profile_step(config, *, gradients: str = "hand", batch_size: int = 128, step
     images = rng.integers(0, 256, (examples, *input_shape), np.uint8)
     labels = rng.integers(0, 10, examples).astype(np.int32)
     idx = rng.integers(0, examples, (steps + 3, batch_size)).astype(np.int32)
-    images, labels, idx = jax.device_put((images, labels, idx))
+    data = feed.DeviceFeed((images, labels), parallel.make_mesh(jax.devices()[:1]))
+    batches = list(data.batches(idx))
     optimizer = train.make_optimizer(config.optim, steps_per_epoch=1, epochs=1)
     state = [train.init_state(config.seed, spec, input_shape, optimizer)]
-    step = jax.jit(functools.partial(train.train_step, spec=spec, optimizer=optimizer,
-                                     config=config), donate_argnums=0)  # fmt: skip
-    compiled = step.lower(state[0], images, labels, idx[0]).compile()
+    step = jax.jit(train.fed_step(data, spec=spec, optimizer=optimizer, config=config),
+                   donate_argnums=0)  # fmt: skip
+    compiled = step.lower(state[0], data.resident, batches[0]).compile()
     instructions = hlo_instructions(compiled.as_text())
 
     def run(rows):
         seconds = []
         for k in rows:
             begin = time.perf_counter()
-            state[0], metrics = compiled(state[0], images, labels, idx[k])
+            state[0], metrics = compiled(state[0], data.resident, batches[k])
             jax.block_until_ready(metrics)
             seconds.append(time.perf_counter() - begin)
         return seconds

@@ -1,14 +1,23 @@
-"""Process-wide settings that make XLA:CPU fast, applied by the entry points before JAX starts.
+"""The process: settings applied before JAX starts (every entry point calls `tune`, unless
+$CNNJAX_UNTUNED is set), and a record of what a run ran on (`environment`).
 
-Two settings, each measured on the reference CNN's hand-derived training step at batch 128 on a
-2-core x86_64 machine (jax 0.10.2; `python -m experiments.benchmark` has the side-by-side run):
+What applies depends on where the work will run, known before JAX starts (`planned_platform`):
+$JAX_PLATFORMS if set, else the CPU when no accelerator plugin is installed. With a plugin
+installed and $JAX_PLATFORMS unset, JAX itself picks at start-up (the accelerator if it finds
+one), so the CPU settings stay off: set JAX_PLATFORMS=cpu to have them on such a machine.
 
-1. **Convolutions on XLA's own (Eigen) kernels, not YNNPACK.** jaxlib 0.10 hands convolutions
-   to YNNPACK fusions by default; on this network's shapes they were 2-4x slower than XLA's
-   Eigen convolutions (profiles of the step: conv1's forward, one input channel, 4.3 vs 1.2
-   ms; conv2's kernel gradient 8.0 vs 2.2 ms). The XLA flag
+On the CPU, two settings, each measured on the reference CNN's hand-derived training step at
+batch 128 on a 2-core x86_64 machine (jax 0.10.2; `python -m experiments.benchmark` has the
+side-by-side run):
+
+1. **Convolutions on XLA's own (Eigen) kernels, not YNNPACK.** jaxlib >= 0.10 hands
+   convolutions to YNNPACK fusions by default; on this network's shapes they were 2-4x slower
+   than XLA's Eigen convolutions (profiles of the step: conv1's forward, one input channel, 4.3
+   vs 1.2 ms; conv2's kernel gradient 8.0 vs 2.2 ms). The XLA flag
    `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` takes convolutions out of
-   YNNPACK and leaves its dots, reductions and elementwise fusions. Step: 37 -> 22 ms.
+   YNNPACK and leaves its dots, reductions and elementwise fusions. Step: 37 -> 22 ms. XLA
+   aborts the process on a flag it does not know, so the flag is set only when the installed
+   XLA registers it (`xla_knows`, which reads the XLA libraries without loading them).
 
 2. **Freed memory kept for reuse (glibc malloc).** XLA:CPU allocates each execution's
    buffers with malloc from its worker threads and frees them after. glibc serves blocks above
@@ -17,37 +26,43 @@ Two settings, each measured on the reference CNN's hand-derived training step at
    of its activations (1.7 million minor faults in a 10 s run at batch 128). Three mallopt
    settings keep the memory: M_MMAP_MAX 0 (every block from the heap), a 1 GiB
    M_TRIM_THRESHOLD (freed memory stays in the process) and M_ARENA_MAX 1 (one heap for all
-   threads; without it batch 512 still faulted 37,000 times a step). tcmalloc, jemalloc and
-   PyTorch's CPU allocator keep freed memory the same way. The cost: resident memory stays at
-   its peak. Step with setting 1: batch 128 22 -> 12 ms; batch 512 92 ms with the first two
-   mallopt settings, 58 ms with all three (each setting alone leaves the other's cost).
+   threads; without it batch 512 still faulted 37,000 times a step). The cost: resident memory
+   stays at its peak. Step with setting 1: batch 128 22 -> 12 ms; batch 512 92 -> 58 ms.
 
 Neither changes what is computed, only which kernels run and where buffers live; convolution
 kernels round differently, so results agree with an untuned run to float32 rounding, not bit
-for bit. A run is a pure function of its config and seed under either setting.
+for bit.
+
+On a GPU, `deterministic=True` (a run's config.train.deterministic, on by default) adds
+`--xla_gpu_deterministic_ops=true`: XLA then picks deterministic algorithms (scatter-adds and
+some reductions without atomics, cuDNN convolutions chosen without autotuning noise), so a
+config and seed give the same params hash on every rerun and resume, as they do on the CPU.
+The cost is speed where the fast algorithm was the non-deterministic one: the max-pool
+gradient of the autodiff path is a scatter.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+import importlib.metadata
+import importlib.util
+import mmap
 import os
+import pkgutil
 import platform
-from importlib.metadata import PackageNotFoundError, version
-
-from jax._src import xla_bridge
+from pathlib import Path
 
 XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-FLAG_NAME = XLA_CPU_FLAG.split("=")[0]
-# jaxlib releases known to have YNNPACK convolution fusions and this flag (checked: 0.10.0 and
-# 0.10.2). XLA aborts on a flag it does not know, so other releases get no flag until checked.
-JAXLIB_WITH_FLAG = ((0, 10),)
+XLA_GPU_DETERMINISM = "--xla_gpu_deterministic_ops=true"
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 KEEP_FREED_BYTES = 1 << 30  # return heap memory to the OS only above 1 GiB free at the top
 
-_before: dict = {}  # environment variables as they were before set_xla_cpu_flag changed them
 UNTUNED = "CNNJAX_UNTUNED"  # set (non-empty): the entry points leave these settings off
+_before: dict = {}  # environment variables as they were before tune() changed them
+_done: dict = {}  # what tune() did, for environment()
 
 
 def wanted() -> bool:
@@ -55,43 +70,67 @@ def wanted() -> bool:
     return not os.environ.get(UNTUNED)
 
 
-def _jaxlib_version() -> tuple[int, ...]:
-    try:
-        return tuple(int(p) for p in version("jaxlib").split(".")[:2])
-    except (PackageNotFoundError, ValueError):
-        return (0, 0)
+# --------------------------------------------------------------------------- before JAX starts
 
 
-def set_xla_cpu_flag() -> str:
-    """Add XLA_CPU_FLAG to $XLA_FLAGS unless the user set the flag. Returns what happened."""
+def accelerator_plugins() -> list[str]:
+    """The installed PJRT plugins JAX would load (jax_plugins.*, e.g. xla_cuda13) and libtpu."""
+    found = []
+    if importlib.util.find_spec("jax_plugins") is not None:
+        import jax_plugins  # a namespace package: importing it loads no plugin
+
+        found += sorted(m.name for m in pkgutil.iter_modules(jax_plugins.__path__))
+    if importlib.util.find_spec("libtpu") is not None:
+        found.append("libtpu")
+    return found
+
+
+def planned_platform() -> str:
+    """Where JAX will run the work, known before it starts: "cpu", "gpu", "tpu", or "auto"
+    (an accelerator plugin is installed and $JAX_PLATFORMS is unset: JAX picks at start)."""
+    first = os.environ.get("JAX_PLATFORMS", "").split(",")[0].strip().lower()
+    if first:
+        return "gpu" if first in ("cuda", "rocm", "gpu") else first
+    return "auto" if accelerator_plugins() else "cpu"
+
+
+def _xla_libraries() -> list[Path]:
+    """The shared libraries that parse $XLA_FLAGS: jaxlib's and each plugin's."""
+    roots = []
+    for name in ("jaxlib", "jax_plugins"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None:
+            roots += [Path(p) for p in spec.submodule_search_locations or ()]
+    return [p for root in roots for p in root.rglob("*.so") if p.stat().st_size > 10 * 2**20]
+
+
+@functools.cache
+def xla_knows(flag: str) -> bool:
+    """Whether every installed XLA registers `flag` (e.g. "--xla_foo=1"), read from the libraries
+    without loading them: a registered flag's name is a NUL-terminated string constant there.
+    (The name can also appear inside another flag's help text; the NULs exclude that.)"""
+    name = b"\x00" + flag.removeprefix("--").split("=")[0].encode() + b"\x00"
+    libraries = _xla_libraries()
+    for path in libraries:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(name) < 0:
+                return False
+    return bool(libraries)
+
+
+def add_xla_flag(flag: str) -> str:
+    """Append `flag` to $XLA_FLAGS unless the user set it, or XLA does not know it. JAX reads
+    $XLA_FLAGS once, when its backends start: a later call reaches only child processes."""
+    name = flag.split("=")[0]
     flags = os.environ.get("XLA_FLAGS", "")
-    if "XLA_FLAGS" in _before:  # set by an earlier call in this process
-        return "set"
-    if FLAG_NAME in flags:
-        return "left as the user set it"
-    if _jaxlib_version() not in JAXLIB_WITH_FLAG:
-        release = ".".join(map(str, _jaxlib_version()))
-        return f"not set: jaxlib {release} is not in runtime.JAXLIB_WITH_FLAG"
-    if xla_bridge.backends_are_initialized():
-        raise RuntimeError(
-            "cnnjax.runtime.tune() must run before JAX starts its backends (before the first "
-            "array or jax.devices()); call it first thing in main()"
-        )
+    if name in flags:
+        return "set" if flag in _done.get("xla_flags", ()) else "left as the user set it"
+    if not xla_knows(flag):
+        return "not set: the installed XLA does not know it"
     _before.setdefault("XLA_FLAGS", os.environ.get("XLA_FLAGS"))
-    os.environ["XLA_FLAGS"] = f"{flags} {XLA_CPU_FLAG}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
+    _done.setdefault("xla_flags", []).append(flag)
     return "set"
-
-
-def untuned_environ() -> dict:
-    """A copy of os.environ as it was before this process's tune(): for child processes that
-    must start without the XLA flag (a benchmark's untuned peers)."""
-    env = dict(os.environ)
-    for name, value in _before.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
 
 
 def keep_freed_memory() -> str:
@@ -104,12 +143,58 @@ def keep_freed_memory() -> str:
     return "set" if ok else "not set: mallopt refused"
 
 
-def tune(*, xla_flag: bool = True, malloc: bool = True) -> dict:
-    """Apply the settings above (each can be turned off); returns {setting: what happened}.
-    Call before anything starts JAX's backends. Idempotent."""
-    done = {}
-    if xla_flag:
-        done["xla_cpu_flag"] = set_xla_cpu_flag()
-    if malloc:
-        done["keep_freed_memory"] = keep_freed_memory()
+def tune(*, deterministic: bool = True) -> dict:
+    """Apply what fits the planned platform (module docstring); returns {setting: what
+    happened}. Call before anything starts JAX's backends. Idempotent."""
+    where = planned_platform()
+    done = {"platform": where}
+    if where == "cpu":
+        done["xla_cpu_flag"] = add_xla_flag(XLA_CPU_FLAG)
+        done["keep_freed_memory"] = "set" if _done.get("malloc") else keep_freed_memory()
+        _done["malloc"] = done["keep_freed_memory"] == "set"
+    else:
+        why = f"not set: the work runs on {where}" if where != "auto" else (
+            f"not set: {', '.join(accelerator_plugins())} installed, JAX picks the platform "
+            "(JAX_PLATFORMS=cpu runs on the CPU with these settings)")  # fmt: skip
+        done["xla_cpu_flag"] = done["keep_freed_memory"] = why
+    if where in ("gpu", "auto"):
+        done["gpu_determinism"] = add_xla_flag(XLA_GPU_DETERMINISM) if deterministic else "off"
+    _done["settings"] = done
     return done
+
+
+def untuned_environ() -> dict:
+    """A copy of os.environ as it was before this process's tune(): for child processes that
+    must start without its flags (a benchmark's untuned peers)."""
+    env = dict(os.environ)
+    for name, value in _before.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+# --------------------------------------------------------------------------- after JAX started
+
+
+def environment() -> dict:
+    """What this process runs on, for a run's config.json and summary.json: backend, device
+    kind and count, processes, versions, $XLA_FLAGS and tune()'s settings, matmul precision."""
+    import jax
+
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return dict(
+        backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
+        device_count=jax.device_count(), process_count=jax.process_count(),
+        python=platform.python_version(),
+        versions={p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy")},
+        plugins=accelerator_plugins(), xla_flags=os.environ.get("XLA_FLAGS", ""),
+        runtime=_done.get("settings", "not tuned"),
+        matmul_precision=jax.config.jax_default_matmul_precision,
+    )  # fmt: skip

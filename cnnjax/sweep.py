@@ -28,7 +28,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from cnnjax import models, parallel, population, report, results, run, train
+from cnnjax import models, parallel, population, report, results, run, runtime
 
 
 class SweepError(run.RunError):
@@ -173,12 +173,15 @@ def fingerprint(config, axes) -> str:
 
 
 def _prepare(directory: Path, description: dict, resume: bool) -> None:
-    """Create the sweep directory with sweep.json, or check that resuming continues it."""
+    """Create the sweep directory with sweep.json (the description, and what the sweep starts
+    on: runtime.environment()), or check that resuming continues it."""
     path = directory / "sweep.json"
     if resume:
         if not path.exists():
             raise SweepError(f"nothing to resume in {directory}: it has no sweep.json")
-        if json.loads(path.read_text()) != description:
+        recorded = json.loads(path.read_text())
+        recorded.pop(run.ENVIRONMENT, None)
+        if recorded != description:
             raise SweepError(f"{directory} holds another sweep (see {path}); resume it with the "
                              "same config, sweep and --shard, or use a new --workdir")  # fmt: skip
         return
@@ -186,7 +189,8 @@ def _prepare(directory: Path, description: dict, resume: bool) -> None:
         raise SweepError(f"{directory} already holds a sweep; pass --resume to continue it, or "
                          "choose a new --workdir (nothing was changed)")  # fmt: skip
     directory.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(description, indent=2, sort_keys=True) + "\n")
+    written = {**description, run.ENVIRONMENT: runtime.environment()}
+    path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
 
 
 def _check_member(config, mesh) -> None:
@@ -194,15 +198,10 @@ def _check_member(config, mesh) -> None:
         parallel.check_divisible(config.train.batch_size, mesh)
     except ValueError as error:
         raise SweepError(f"train.batch_size: {error}") from None
-    if config.model.spec not in models.SPECS:
-        raise SweepError(f"model.spec must be one of {sorted(models.SPECS)}, got "
-                         f"{config.model.spec!r}")  # fmt: skip
-    if config.train.gradients not in train.GRADIENTS:
-        raise SweepError(f"train.gradients must be one of {train.GRADIENTS}, got "
-                         f"{config.train.gradients!r}")  # fmt: skip
-    if config.optim.schedule not in train.SCHEDULES:
-        raise SweepError(f"optim.schedule must be one of {train.SCHEDULES}, got "
-                         f"{config.optim.schedule!r}")  # fmt: skip
+    try:
+        run.check_config(config)
+    except run.RunError as error:
+        raise SweepError(str(error)) from None
 
 
 def plan(configs: dict, loaded: dict, settings: dict) -> list[list[int]]:
@@ -218,10 +217,10 @@ def plan(configs: dict, loaded: dict, settings: dict) -> list[list[int]]:
     populations = []
     for members in groups.values():
         config = configs[members[0]]
-        train_split = loaded[_data_key(config)][0]
-        steps = train_split[0].shape[0] // config.train.batch_size
+        train_feed = loaded[_data_key(config)][0]
+        steps = len(train_feed.split[1]) // config.train.batch_size
         per_member = population.member_bytes(models.SPECS[config.model.spec], config, steps,
-                                             train_split)  # fmt: skip
+                                             train_feed)  # fmt: skip
         size = population.members_per_program(per_member, budget, settings["max_members"])
         populations += population.chunks(members, size)
     return populations
@@ -250,7 +249,7 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
     loaded = {}
     for member in configs.values():
         if _data_key(member) not in loaded:
-            loaded[_data_key(member)] = run.load_data(member, mesh)
+            loaded[_data_key(member)] = run.make_feeds(member, run.load_splits(member), mesh)
     plan_path = directory / "plan.json"
     if plan_path.exists():
         populations = json.loads(plan_path.read_text())
@@ -263,7 +262,7 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
         if set(members) <= done:
             continue
         rows = _fit_population(p, len(populations), members, configs, overrides, loaded,
-                               directory, layout, resume, mesh)  # fmt: skip
+                               directory, layout, resume)  # fmt: skip
         with report.MetricsWriter(results_path) as writer:
             for row in rows:
                 writer.write(row)
@@ -273,16 +272,14 @@ def fit(config, axes, workdir, *, shard=(0, 1), resume: bool = False) -> list[di
     return finished
 
 
-def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume,
-                    mesh):  # fmt: skip
+def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume):
     configs_p = [configs[m] for m in members]
     first = configs_p[0]
-    splits = loaded[_data_key(first)]
+    feeds = loaded[_data_key(first)]
     pdir = directory / "populations" / str(p)
-    pop = population.fit(configs_p, members, pdir, models.SPECS[first.model.spec], splits,
+    pop = population.fit(configs_p, members, pdir, models.SPECS[first.model.spec], feeds,
                          layout=layout, resume=resume and pdir.exists(),
-                         label=f"population {p + 1}/{count} ({len(members)} members)",
-                         mesh=mesh)  # fmt: skip
+                         label=f"population {p + 1}/{count} ({len(members)} members)")  # fmt: skip
     epochs = report.read_metrics(pdir / "metrics.jsonl", "epoch")
     last = {r["member"]: r for r in epochs if r["epoch"] == first.train.epochs}
     seconds = sum(r["seconds"] for r in epochs if r["member"] == members[0])

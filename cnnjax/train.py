@@ -1,11 +1,12 @@
 """Training: TrainState, the jitted train step and the steps of an epoch (a loop over it, or one
 lax.scan), the optimizer from config, and evaluation.
 
-Legend: images_NHWC the whole uint8 split (kept on the device; batches are gathered there),
-labels_N int32, x_BHWC one batch as float32 in [0, 1], idx_SB the example indices of S steps of
-B examples. Randomness: one root key from config.seed, split by purpose (init, data, augment);
-epoch e shuffles with fold_in(data_key, e), step t augments with fold_in(aug_key, t), so a run
-resumed from a checkpoint draws exactly the numbers the uninterrupted run drew.
+Legend: images_NHWC a whole uint8 split, labels_N int32, x_BHWC one batch (uint8 as it arrives,
+float32 in [0, 1] inside the step), idx_SB the example indices of S steps of B examples; batches
+reach the devices through a feed (cnnjax.feed). Randomness: one root key from config.seed,
+split by purpose (init, data, augment); epoch e shuffles with fold_in(data_key, e), step t
+augments with fold_in(aug_key, t), so a run resumed from a checkpoint draws exactly the numbers
+the uninterrupted run drew.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cnnjax import grads, losses, models
 
 GRADIENTS = ("autodiff", "hand", "custom_vjp")  # jax.grad; manual backprop; jax.grad via twins
 SCHEDULES = ("constant", "step", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # what the layers compute in (params stay float32)
+SCANS = ("auto", "yes", "no")  # config.train.scan: a lax.scan over each chunk of steps
 
 
 class TrainState(NamedTuple):
@@ -82,16 +86,38 @@ def init_state(seed: int, spec, input_shape, optimizer) -> TrainState:
     )  # fmt: skip
 
 
-def loss_logits_grads(params, x_BHWC, labels_B, spec, *, gradients: str, label_smoothing=0.0):
-    """(batch-mean loss, logits_BK, grads) with the gradient from `gradients` (GRADIENTS)."""
-    if gradients == "hand":
-        return grads.backprop(params, x_BHWC, labels_B, spec, label_smoothing=label_smoothing)
+def compute_dtype(name: str):
+    """The dtype of a config's train.compute_dtype (COMPUTE_DTYPES)."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return jnp.dtype(name)
+
+
+def cast(tree, dtype):
+    """Every leaf of `tree` as `dtype` (no-op where it already is)."""
+    return jax.tree.map(lambda leaf: leaf.astype(dtype), tree)
+
+
+def loss_logits_grads(params, x_BHWC, labels_B, spec, *, gradients: str, label_smoothing=0.0,
+                      dtype="float32"):  # fmt: skip
+    """(batch-mean loss, logits_BK, grads) with the gradient from `gradients` (GRADIENTS).
+
+    Mixed precision with dtype "bfloat16": the layers (their dots and convolutions) run on
+    bfloat16 copies of the params and the input, the loss and its gradient w.r.t. the logits
+    in float32; grads come back in the params' own dtype (float32), as do loss and logits."""
+    low = compute_dtype(dtype)
     if gradients not in GRADIENTS:
         raise ValueError(f"train.gradients must be one of {GRADIENTS}, got {gradients!r}")
+    x_BHWC = x_BHWC.astype(low)
+    if gradients == "hand":
+        loss, logits, g = grads.backprop(cast(params, low), x_BHWC, labels_B, spec,
+                                         label_smoothing=label_smoothing)  # fmt: skip
+        return loss, logits, jax.tree.map(lambda d, p: d.astype(p.dtype), g, params)
     fns = grads.HAND_DERIVED if gradients == "custom_vjp" else models.PLAIN
 
-    def loss_fn(p):
-        logits = models.batch_logits(p, x_BHWC, spec, fns)
+    def loss_fn(p):  # differentiated w.r.t. the float32 params, through the cast
+        logits = models.batch_logits(cast(p, low), x_BHWC, spec, fns)
+        logits = logits.astype(losses.loss_dtype(low))
         return jnp.mean(losses.cross_entropy(logits, labels_B, label_smoothing=label_smoothing)), (
             logits
         )
@@ -124,20 +150,17 @@ def to_float(images_uint8):
 
 
 def train_step(
-    state: TrainState, images_NHWC, labels_N, idx_B, *, spec, optimizer, config,
-    label_smoothing=None,
+    state: TrainState, x_BHWC, labels_B, *, spec, optimizer, config, label_smoothing=None,
 ):  # fmt: skip
-    """One SGD step on the examples idx_B, gathered from the on-device split. label_smoothing
-    (a population member's traced value) replaces config.train.label_smoothing if given."""
+    """One SGD step on a batch of uint8 images x_BHWC. label_smoothing (a population member's
+    traced value) replaces config.train.label_smoothing if given."""
     if label_smoothing is None:
         label_smoothing = config.train.label_smoothing
-    x_BHWC = to_float(jnp.take(images_NHWC, idx_B, axis=0))
     aug_key = jax.random.fold_in(jax.random.wrap_key_data(state.aug_key), state.step)
-    x_BHWC = augment(x_BHWC, aug_key, shift=config.data.shift, flip=config.data.flip)
-    labels_B = jnp.take(labels_N, idx_B, axis=0)
+    x_BHWC = augment(to_float(x_BHWC), aug_key, shift=config.data.shift, flip=config.data.flip)
     loss, logits, g = loss_logits_grads(
-        state.params, x_BHWC, labels_B, spec,
-        gradients=config.train.gradients, label_smoothing=label_smoothing,
+        state.params, x_BHWC, labels_B, spec, gradients=config.train.gradients,
+        label_smoothing=label_smoothing, dtype=config.train.compute_dtype,
     )  # fmt: skip
     with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int counts and floats
         updates, opt_state = optimizer.update(g, state.opt_state, state.params)
@@ -146,36 +169,48 @@ def train_step(
     return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
 
-def make_train_steps(spec, optimizer, config, put_indices=None):
-    """fn(state, images_NHWC, labels_N, idx_SB) -> (state, metrics of each of the S steps).
+def fed_step(feed, **step_kwargs):
+    """fn(state, resident, batch, **kw) -> (state, metrics): train_step on the batch that `feed`
+    (cnnjax.feed) gathers from its resident arrays and one call's batch, e.g. feed.batch(idx_B)."""
 
-    The plain form is a Python loop over one jitted step (the state's buffers donated); with
-    config.train.scan the S steps are one lax.scan, so the loop itself runs on the device. On
-    XLA:CPU (jax 0.10.2, 2 cores) the scan is ~10x slower per step (convolutions inside a
-    while loop lose their fast path), so the loop is the default; on accelerators try both.
+    def step(state, resident, batch, **kw):
+        return train_step(state, *feed.gather(resident, batch), **step_kwargs, **kw)
 
-    put_indices(idx, axis), if given, places the indices before they enter the jitted code:
-    each step's idx_B (axis 0) in the loop, the chunk's idx_SB (axis 1, the batch) for a scan;
-    e.g. split over a device mesh (cnnjax.parallel.put_sharded). The other arguments keep the
-    placement they come with, and jit partitions the step to match."""
-    put = put_indices or (lambda idx, axis: idx)
-    step = functools.partial(train_step, spec=spec, optimizer=optimizer, config=config)
-    if config.train.scan:
+    return step
 
-        def scanned(state, images_NHWC, labels_N, idx_SB):
-            body = lambda s, idx_B: step(s, images_NHWC, labels_N, idx_B)  # noqa: E731
-            return jax.lax.scan(body, state, idx_SB)
+
+def uses_scan(config) -> bool:
+    """config.train.scan: "yes", "no", or "auto": yes on accelerators, no on the CPU, where a
+    scan is ~10x slower per step (XLA:CPU, jax 0.10.2, 2 cores: convolutions inside a while
+    loop lose their fast path)."""
+    if config.train.scan not in SCANS:
+        raise ValueError(f"train.scan must be one of {SCANS}, got {config.train.scan!r}")
+    if config.train.scan == "auto":
+        return jax.default_backend() != "cpu"
+    return config.train.scan == "yes"
+
+
+def make_train_steps(spec, optimizer, config, feed):
+    """fn(state, idx_SB) -> (state, metrics of each of the S steps): S steps on the examples
+    idx_SB of `feed` (cnnjax.feed: it places the batches, e.g. split over a device mesh).
+
+    The loop form calls one jitted step per step (the state's buffers donated; the feed sends
+    batches ahead); with uses_scan(config) the S steps are one lax.scan, one call per chunk of
+    steps, as launch-bound accelerators need. The same numbers either way, to float rounding."""
+    step = fed_step(feed, spec=spec, optimizer=optimizer, config=config)
+    if uses_scan(config):
+
+        def scanned(state, resident, batches):
+            return jax.lax.scan(lambda s, batch: step(s, resident, batch), state, batches)
 
         jitted_scan = jax.jit(scanned, donate_argnums=0)
-        return lambda state, images_NHWC, labels_N, idx_SB: jitted_scan(
-            state, images_NHWC, labels_N, put(idx_SB, 1)
-        )
+        return lambda state, idx_SB: jitted_scan(state, feed.resident, feed.batch(idx_SB, 1))
     jitted_step = jax.jit(step, donate_argnums=0)
 
-    def loop(state, images_NHWC, labels_N, idx_SB):
+    def loop(state, idx_SB):
         metrics = []
-        for idx_B in idx_SB:
-            state, step_metrics = jitted_step(state, images_NHWC, labels_N, put(idx_B, 0))
+        for batch in feed.batches(idx_SB):
+            state, step_metrics = jitted_step(state, feed.resident, batch)
             metrics.append(step_metrics)
         return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
 
@@ -193,17 +228,25 @@ def epoch_indices(state: TrainState, epoch: int, num_examples: int, batch_size: 
 # --------------------------------------------------------------------------- evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "batch_size"))
-def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000):
-    """Mean loss, accuracy and the predicted class of every example of a split (in order)."""
+def evaluate_batch(params, x_BHWC, labels_B, *, spec, dtype="float32"):
+    """(losses_B, predictions_B) of a uint8 batch; the layers in `dtype`, the loss in float32."""
+    low = compute_dtype(dtype)
+    logits = models.batch_logits(cast(params, low), to_float(x_BHWC).astype(low), spec)
+    logits = logits.astype(losses.loss_dtype(low))
+    return losses.cross_entropy(logits, labels_B), jnp.argmax(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch_size", "dtype"))
+def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000, dtype="float32"):
+    """Mean loss, accuracy and the predicted class of every example of a split (in order), the
+    split on the device, in one program; the layers in `dtype` (a COMPUTE_DTYPES name)."""
     n = images_NHWC.shape[0]
     pad = -n % batch_size
     images = jnp.pad(images_NHWC, ((0, pad), (0, 0), (0, 0), (0, 0)))
     labels = jnp.pad(labels_N, (0, pad))
 
     def batch(_, xy):
-        logits = models.batch_logits(params, to_float(xy[0]), spec)
-        return None, (losses.cross_entropy(logits, xy[1]), jnp.argmax(logits, axis=-1))
+        return None, evaluate_batch(params, *xy, spec=spec, dtype=dtype)
 
     shape = (-1, batch_size)
     _, (losses_N, predictions_N) = jax.lax.scan(
@@ -215,3 +258,21 @@ def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000):
         "accuracy": jnp.mean(predictions_N == labels_N),
         "predictions": predictions_N,
     }
+
+
+_evaluate_batch = jax.jit(evaluate_batch, static_argnames=("spec", "dtype"))
+
+
+def evaluate_fed(params, feed, *, spec, batch_size: int = 1000, dtype="float32"):
+    """`evaluate` of a feed's split: in one program where the split is on the devices, else
+    batch by batch as the feed sends them (the last batch padded with example 0)."""
+    if feed.placement == "device":
+        return evaluate(params, *feed.resident, spec=spec, batch_size=batch_size, dtype=dtype)
+    labels_N = feed.split[1]
+    n = len(labels_N)
+    idx = np.concatenate([np.arange(n), np.zeros(-n % batch_size, np.int64)])
+    parts = [jax.device_get(_evaluate_batch(params, *batch, spec=spec, dtype=dtype))
+             for batch in feed.batches(idx.reshape(-1, batch_size))]  # fmt: skip
+    losses_N, predictions_N = (np.concatenate([p[k] for p in parts])[:n] for k in range(2))
+    accuracy = np.mean(predictions_N == labels_N, dtype=np.float32)  # as the device's mean
+    return {"loss": np.mean(losses_N), "accuracy": accuracy, "predictions": predictions_N}

@@ -20,6 +20,7 @@ def get_config():
     config.data.shift = 0  # random translation of training images, pixels (0: off)
     config.data.flip = True  # random left-right flips of training images
     config.data.train_examples = 0  # > 0: train on the first this many examples only
+    config.data.placement = "auto"  # "device" (splits on every device), "host" (streamed), auto
 
     config.model = ml_collections.ConfigDict()
     config.model.spec = "reference"  # a name in cnnjax.models.SPECS
@@ -38,9 +39,11 @@ def get_config():
     config.train.epochs = 30
     config.train.batch_size = 128
     config.train.gradients = "hand"  # "hand" (manual backprop), "autodiff" or "custom_vjp"
+    config.train.compute_dtype = "float32"  # "bfloat16": mixed precision (params, loss float32)
     config.train.label_smoothing = 0.1
     config.train.steps_per_chunk = 50  # steps between progress updates and metrics writes
-    config.train.scan = False  # True: each chunk is one lax.scan (slower on XLA:CPU, see train.py)
+    config.train.scan = "auto"  # "yes": each chunk one lax.scan; "auto": yes off the CPU (train.py)
     config.train.eval_batch_size = 1000
     config.train.checkpoints_kept = 3
+    config.train.deterministic = True  # GPU: XLA's deterministic ops (bit-exact reruns; slower)
     return config

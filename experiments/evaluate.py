@@ -10,7 +10,7 @@ import sys
 from absl import app, flags
 
 import experiments
-from cnnjax import run
+from cnnjax import analysis, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 flags.mark_flag_as_required("workdir")
@@ -19,7 +19,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv) -> int:
     experiments.begin(argv)
     try:
-        print(run.evaluation_report(_WORKDIR.value))
+        print(analysis.evaluation_report(_WORKDIR.value))
     except run.RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags
 
 import experiments
-from cnnjax import report, run
+from cnnjax import analysis, report, run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 _TOP = flags.DEFINE_integer("top", 16, "how many of the highest-loss examples to show")
@@ -23,7 +23,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv) -> int:
     experiments.begin(argv)
     try:
-        summary = run.per_example_report(_WORKDIR.value, top=_TOP.value)
+        summary = analysis.per_example_report(_WORKDIR.value, top=_TOP.value)
     except run.RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

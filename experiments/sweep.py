@@ -27,7 +27,8 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv) -> int:
-    experiments.begin(argv)
+    config = _CONFIG.value
+    experiments.begin(argv, deterministic=config is None or config.train.deterministic)
     try:
         if _MERGE.value:
             rows, shard = sweep.merge(_WORKDIR.value), (0, 1)

@@ -35,7 +35,7 @@ flags.mark_flag_as_required("workdir")
 
 
 def main(argv) -> int:
-    experiments.begin(argv)
+    experiments.begin(argv, deterministic=_CONFIG.value.train.deterministic)
     try:
         if parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
             print(parallel.describe(), flush=True)

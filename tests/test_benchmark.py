@@ -65,7 +65,11 @@ def test_peers_vs_cnnjax_rows_are_complete_and_consistent(tmp_path):
     _check_relative(rows, peak)
     for b in batches:
         assert max(r["ratio"] for r in rows if r["batch"] == b) == pytest.approx(1.0)
-    tuned = {"xla_cpu_flag": "set", "keep_freed_memory": "set"}  # each in a fresh process
+    tuned = {
+        "platform": "cpu",
+        "xla_cpu_flag": "set",
+        "keep_freed_memory": "set",
+    }  # fresh processes
     assert [r["runtime"] for r in rows[:3]] == [tuned, {}, tuned]
     for r in rows:
         assert r["steps"] == 2 and np.isfinite(r["loss"])

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from cnnjax import parallel, population, report, run, train
+from cnnjax import feed, parallel, population, report, run, train
 from tests import test_population, test_run
 from tests.test_run import REPO, config_for
 from tests.test_train import SMALL_SPEC, small_config, synthetic
@@ -117,34 +117,46 @@ def test_initialize_without_a_coordinator_is_one_process(monkeypatch):
 # ------------------------------------------------------------------------------ four devices
 
 
-def _steps_on(devices, config, put=None, steps=8):
+class FirstDeviceEverywhere(feed.DeviceFeed):
+    """A planted fault: every device trains on the first device's quarter of each batch."""
+
+    def batch(self, idx, axis: int = 0):
+        quarter = np.take(idx, range(idx.shape[axis] // 4), axis=axis)
+        return super().batch(np.concatenate([quarter] * 4, axis=axis), axis)
+
+
+def _steps_on(devices, config, feed_class=None, steps=8, placement="device"):
     """Params after `steps` steps of SMALL_SPEC on synthetic data on a mesh of `devices`."""
     images, labels = synthetic(n=steps * config.train.batch_size)
     mesh = parallel.make_mesh(devices)
     optimizer = train.make_optimizer(config.optim, steps, 1)
     state = train.init_state(config.seed, SMALL_SPEC, images.shape[1:], optimizer)
-    state, images, labels = parallel.put_replicated((state, images, labels), mesh)
-    put = put or (lambda idx, axis: parallel.put_sharded(idx, mesh, axis))
-    run_steps = train.make_train_steps(SMALL_SPEC, optimizer, config, put)
+    state = parallel.put_replicated(state, mesh)
+    if feed_class is None:
+        data = feed.make(placement, (images, labels), mesh)
+    else:
+        data = feed_class((images, labels), mesh)
+    run_steps = train.make_train_steps(SMALL_SPEC, optimizer, config, data)
     idx_SB = np.asarray(train.epoch_indices(state, 0, images.shape[0], config.train.batch_size))
-    state, _ = run_steps(state, images, labels, idx_SB)
+    state, _ = run_steps(state, idx_SB)
     replicated = all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state))
     return state.params, replicated, mesh
 
 
-def _population_on(devices, layout, steps=4):
+def _population_on(devices, layout, steps=4, placement="device"):
     """Members' params after `steps` steps of a 2-member population (cnnjax.population) whose
     batches are split over a mesh of `devices`, as a sweep runs them."""
     configs = test_population.member_configs()[:2]
     batch = configs[0].train.batch_size
     images, labels = synthetic(n=steps * batch)
     mesh = parallel.make_mesh(devices)
-    pop = population.init(configs, SMALL_SPEC, images.shape[1:], steps)
-    pop, images, labels = parallel.put_replicated((pop, images, labels), mesh)
-    step = population.make_step(SMALL_SPEC, configs[0], steps, layout)
+    data = feed.make(placement, (images, labels), mesh)
+    pop = parallel.put_replicated(population.init(configs, SMALL_SPEC, images.shape[1:], steps),
+                                  mesh)  # fmt: skip
+    step = population.make_step(SMALL_SPEC, configs[0], steps, layout, data)
     idx_MSB = np.asarray(population.epoch_indices(pop, 0, images.shape[0], batch))
-    for s in range(steps):
-        pop, _ = step(pop, images, labels, parallel.put_sharded(idx_MSB[:, s], mesh, 1))
+    for batch_M in data.batches(idx_MSB.transpose(1, 0, 2), axis=1):
+        pop, _ = step(pop, data.resident, batch_M)
     return pop.state.params
 
 
@@ -152,23 +164,24 @@ def four_devices(source_dir, tfds_dir, workdir) -> dict:
     """The 4-device half: steps and a short run on 4 devices, and a refused batch of 30."""
     assert jax.device_count() == 4, jax.devices()
     out, one_device = {}, {}
-    for name, config in {"hand": small_config("hand"), "autodiff": small_config(),
-                         "scan": small_config("hand", scan=True)}.items():  # fmt: skip
+    cases = {"hand": (small_config("hand"), "device"), "autodiff": (small_config(), "device"),
+             "scan": (small_config("hand", scan="yes"), "device"),
+             "hand_host": (small_config("hand"), "host"),
+             "scan_host": (small_config("hand", scan="yes"), "host")}  # fmt: skip
+    for name, (config, placement) in cases.items():
         one_device[name], _, _ = _steps_on(jax.devices()[:1], config)
-        four, replicated, mesh = _steps_on(jax.devices(), config)
+        four, replicated, mesh = _steps_on(jax.devices(), config, placement=placement)
         out[name] = {"rel_diff": _max_rel_diff(four, one_device[name]), "replicated": replicated}
-    for layout in ("unroll", "vmap"):
-        out[f"population_{layout}"] = _max_rel_diff(
-            _population_on(jax.devices(), layout), _population_on(jax.devices()[:1], layout)
+    for layout, placement in (("unroll", "device"), ("vmap", "device"), ("vmap", "host")):
+        out[f"population_{layout}_{placement}"] = _max_rel_diff(
+            _population_on(jax.devices(), layout, placement=placement),
+            _population_on(jax.devices()[:1], layout),
         )
     placed = parallel.put_sharded(np.arange(16), mesh, axis=0)
     out["shard_shapes"] = [s.data.shape for s in placed.addressable_shards]
-
-    def first_device_examples_everywhere(idx, axis):  # a planted fault: one shard, 4 times
-        quarter = np.take(idx, range(idx.shape[axis] // 4), axis=axis)
-        return parallel.put_sharded(np.concatenate([quarter] * 4, axis=axis), mesh, axis)
-
-    planted, _, _ = _steps_on(jax.devices(), small_config("hand"), first_device_examples_everywhere)
+    gathered = parallel.put_gathered(np.arange(40).reshape(20, 2), np.arange(16), mesh, axis=0)
+    out["gathered_shard_shapes"] = [s.data.shape for s in gathered.addressable_shards]
+    planted, _, _ = _steps_on(jax.devices(), small_config("hand"), FirstDeviceEverywhere)
     out["planted_rel_diff"] = _max_rel_diff(planted, one_device["hand"])
     out["summary"] = run.fit(config_for((source_dir, tfds_dir), epochs=1), workdir)
     try:
@@ -195,19 +208,19 @@ def test_four_devices_train_like_one(dataset, one_device_run, tmp_path):
                           text=True, timeout=WORKER_TIMEOUT_S)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    for name in ("hand", "autodiff", "scan"):
+    steps = ("hand", "autodiff", "scan", "hand_host", "scan_host")  # "_host": streamed batches
+    for name in steps:
         assert out[name]["rel_diff"] <= PARAMS_RTOL, (name, out[name])
         assert out[name]["replicated"], name  # params and optimizer state stay replicated
-    for layout in ("unroll", "vmap"):  # a sweep's members, each data parallel over 4 devices
-        assert out[f"population_{layout}"] <= PARAMS_RTOL, (layout, out)
-    assert out["shard_shapes"] == [[4]] * 4  # each device holds a quarter of the batch
+    populations = [k for k in out if k.startswith("population_")]
+    for name in populations:  # a sweep's members, each data parallel over 4 devices
+        assert out[name] <= PARAMS_RTOL, (name, out)
+    # each device holds a quarter of the batch, streamed ones too
+    assert out["shard_shapes"] == [[4]] * 4 and out["gathered_shard_shapes"] == [[4, 2]] * 4
     assert out["planted_rel_diff"] > 100 * PARAMS_RTOL  # the tolerance sees a real fault
     rel_diff = _max_rel_diff(_final_params(tmp_path / "run"), _final_params(one_device_run))
-    print(
-        f"1 vs 4 devices, populations: {out['population_unroll']:.2e} (unroll), "
-        f"{out['population_vmap']:.2e} (vmap)"
-    )
-    print(f"1 vs 4 devices, steps: {[out[n]['rel_diff'] for n in ('hand', 'autodiff', 'scan')]}, "
+    print(f"1 vs 4 devices, populations: {[f'{out[n]:.2e}' for n in populations]}")
+    print(f"1 vs 4 devices, steps: {[out[n]['rel_diff'] for n in steps]}, "
           f"one epoch: {rel_diff:.2e}, planted fault: {out['planted_rel_diff']:.2e}")  # fmt: skip
     assert rel_diff <= PARAMS_RTOL
     summary = json.loads((one_device_run / "summary.json").read_text())

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cnnjax import population, report, train
-from tests.test_train import SMALL_SPEC, small_config, synthetic
+from tests.test_train import SMALL_SPEC, one_device_feed, small_config, synthetic
 
 # Members differ from their solo runs only by float32 rounding: XLA fuses a grouped (vmap) or
 # looped (map) convolution differently from a single one (~1e-7 relative per op). Over the 32
@@ -41,25 +41,26 @@ def solo(config, images, labels):
     steps = images.shape[0] // config.train.batch_size
     optimizer = train.make_optimizer(config.optim, steps, config.train.epochs)
     state = train.init_state(config.seed, SMALL_SPEC, images.shape[1:], optimizer)
-    run = train.make_train_steps(SMALL_SPEC, optimizer, config)
+    run = train.make_train_steps(SMALL_SPEC, optimizer, config, one_device_feed(images, labels))
     curve = []
     for epoch in range(config.train.epochs):
         idx = train.epoch_indices(state, epoch, images.shape[0], config.train.batch_size)
-        state, metrics = run(state, images, labels, idx)
+        state, metrics = run(state, np.asarray(idx))
         curve += list(np.asarray(metrics["loss"]))
     return state, np.array(curve)
 
 
-def together(configs, images, labels, layout):
+def together(configs, images, labels, layout, placement="device"):
     """The members as one population: (final population, losses [S, M])."""
     steps = images.shape[0] // configs[0].train.batch_size
+    data = one_device_feed(images, labels, placement)
     pop = population.init(configs, SMALL_SPEC, images.shape[1:], steps)
-    step = population.make_step(SMALL_SPEC, configs[0], steps, layout)
+    step = population.make_step(SMALL_SPEC, configs[0], steps, layout, data)
     losses = []
     for epoch in range(configs[0].train.epochs):
         idx_MSB = population.epoch_indices(pop, epoch, images.shape[0], configs[0].train.batch_size)
         for s in range(idx_MSB.shape[1]):
-            pop, metrics = step(pop, images, labels, idx_MSB[:, s])
+            pop, metrics = step(pop, data.resident, data.batch(np.asarray(idx_MSB[:, s]), 1))
             losses.append(np.asarray(metrics["loss"]))
     return pop, np.stack(losses)
 
@@ -118,7 +119,7 @@ def test_layout_names():
 def test_memory_sizing():
     images, labels = synthetic(n=64)
     config = member_configs()[0]
-    per_member = population.member_bytes(SMALL_SPEC, config, 4, (images, labels))
+    per_member = population.member_bytes(SMALL_SPEC, config, 4, one_device_feed(images, labels))
     state_bytes = 4 * sum(leaf.size for leaf in jax.tree.leaves(
         population.init([config], SMALL_SPEC, images.shape[1:], 4).state.params))  # fmt: skip
     assert per_member > 2 * state_bytes  # the params alone, in and out, are a lower bound
@@ -144,7 +145,7 @@ def test_momentum_zero_keeps_plain_sgd_numbers():
 
 def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, monkeypatch):
     images, labels = synthetic(n=64)
-    splits = ((images, labels), (images[:32], labels[:32]))
+    splits = (one_device_feed(images, labels), one_device_feed(images[:32], labels[:32]))
     configs = member_configs()
     whole = population.fit(configs, [0, 1, 2], tmp_path / "whole", SMALL_SPEC, splits,
                            layout="unroll", resume=False)  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnjax import data, idx, run
+from cnnjax import analysis, data, idx, run
 from configs import smoke
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +75,14 @@ def test_a_run_writes_metrics_checkpoints_plots_and_refuses_to_be_overwritten(da
     steps = [r for r in _rows(tmp_path / "run") if r["kind"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 2 * TRAIN_N // 32 + 1))
     assert summary["test_accuracy"] > 0.5  # the bands are easy to learn
-    assert "accuracy" in run.evaluation_report(tmp_path / "run")
+    started = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
+    ended = json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]
+    for env in (started, ended):  # what the run ran on, in both files
+        assert env["backend"] == "cpu" and env["device_count"] == 1 and env["versions"]["jax"]
+        assert env["runtime"]["platform"] == "cpu" and "xla_flags" in env
+    assert ended["data_placement"] == "device" and ended["scan"] is False  # "auto" on a CPU
+    assert "environment" not in run.load_config(tmp_path / "run")  # the config alone
+    assert "accuracy" in analysis.evaluation_report(tmp_path / "run")
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
     with pytest.raises(run.RunError, match="already holds a run; pass --resume"):
         run.fit(config, tmp_path / "run")
@@ -100,7 +107,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(dataset, tmp_p
     with pytest.raises(run.RunError, match=r"the loss became (nan|inf).*epoch 2.*learning_rate"):
         run.fit(config, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
-    assert "accuracy" in run.evaluation_report(tmp_path / "run")
+    assert "accuracy" in analysis.evaluation_report(tmp_path / "run")
 
 
 def _rows(workdir):
@@ -146,7 +153,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_params_bit_for_bit(dataset, t
 
 def test_per_example_report_ranks_examples_by_loss_and_measures_their_gradients(dataset, tmp_path):
     run.fit(config_for(dataset, epochs=1), tmp_path / "run")
-    summary = run.per_example_report(tmp_path / "run", top=4)
+    summary = analysis.per_example_report(tmp_path / "run", top=4)
     assert summary["examples"] == TEST_N
     saved = np.load(tmp_path / "run" / "per_example.npz")
     assert saved["loss"].shape == saved["grad_norm"].shape == (TEST_N,)

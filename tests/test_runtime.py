@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import pytest
 
 from cnnjax import runtime
@@ -46,7 +47,7 @@ PROBE = textwrap.dedent("""
 
 
 def _probe(mode: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
                           env=env, check=True)  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -55,8 +56,9 @@ def _probe(mode: str) -> dict:
 @pytest.mark.slow
 def test_tune_puts_convolutions_on_xla_kernels_and_keeps_freed_memory():
     tuned, untuned = _probe("tune"), _probe("plain")
-    assert tuned["settings"] == {"xla_cpu_flag": "set", "keep_freed_memory": "set"}
-    # The untuned process is the control: jaxlib 0.10 gives the convolution to YNNPACK, and
+    assert tuned["settings"] == {"platform": "cpu", "xla_cpu_flag": "set",
+                                 "keep_freed_memory": "set"}  # fmt: skip
+    # The untuned process is the control: jaxlib >= 0.10 gives the convolution to YNNPACK, and
     # each block comes from fresh mmap pages (20,480 faults of 4 KiB each per round).
     assert untuned["ynn_fusion"] and not untuned["eigen_conv"]
     assert tuned["eigen_conv"] and not tuned["ynn_fusion"]
@@ -64,36 +66,79 @@ def test_tune_puts_convolutions_on_xla_kernels_and_keeps_freed_memory():
     assert tuned["faults"] < 1_000
 
 
-def test_tune_after_jax_started_is_an_error_naming_the_fix(monkeypatch):
-    import jax.numpy as jnp
-
-    jnp.ones(1)  # backends started
-    monkeypatch.setattr(runtime, "_before", {})  # as if conftest had not tuned this process
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    with pytest.raises(RuntimeError, match="before JAX starts its backends"):
-        runtime.tune()
+STARTS = "import jax.numpy as jnp; print(float(jnp.ones(3).sum()))"
 
 
-def test_tune_again_changes_nothing_and_reports_what_the_first_did():
-    flags = os.environ.get("XLA_FLAGS")
-    first = runtime.tune()  # conftest tuned this process already
-    assert runtime.tune() == first and os.environ.get("XLA_FLAGS") == flags
-    assert first["xla_cpu_flag"] in ("set", "left as the user set it")
+@pytest.mark.parametrize(
+    "flag", [runtime.XLA_CPU_FLAG, runtime.XLA_GPU_DETERMINISM, "--xla_cpu_no_such_flag=1"]
+)
+def test_xla_knows_agrees_with_a_process_started_with_the_flag(flag):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
+        "XLA_FLAGS": flag,
+        "JAX_PLATFORMS": "cpu",
+    }
+    done = subprocess.run([sys.executable, "-c", STARTS], capture_output=True, text=True,
+                          env=env, check=False, timeout=120)  # fmt: skip
+    assert runtime.xla_knows(flag) == (done.returncode == 0), done.stderr[-500:]
+    if not runtime.xla_knows(flag):  # the control: XLA aborts on a flag it does not know
+        assert done.returncode != 0 and "xla_cpu_no_such_flag" in done.stderr
 
 
-def test_a_flag_the_user_set_is_left_alone(monkeypatch):
+def test_the_planned_platform(monkeypatch):
+    monkeypatch.setattr(runtime, "accelerator_plugins", lambda: [])
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    assert runtime.planned_platform() == "cpu"
+    monkeypatch.setattr(runtime, "accelerator_plugins", lambda: ["xla_cuda13"])
+    assert runtime.planned_platform() == "auto"  # JAX decides when it starts
+    for value, platform in (("cuda", "gpu"), ("cpu", "cpu"), ("tpu,cpu", "tpu"), ("rocm", "gpu")):
+        monkeypatch.setenv("JAX_PLATFORMS", value)
+        assert runtime.planned_platform() == platform
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """tune() as in a new process: no flags, nothing done yet (restored afterwards)."""
     monkeypatch.setattr(runtime, "_before", {})
-    mine = f"{runtime.FLAG_NAME}=-individual_dot"
-    monkeypatch.setenv("XLA_FLAGS", mine)
-    assert runtime.set_xla_cpu_flag() == "left as the user set it"
+    monkeypatch.setattr(runtime, "_done", {})
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: "set")
+    return monkeypatch
+
+
+@pytest.mark.parametrize("platform", ["gpu", "auto"])
+def test_on_a_gpu_no_cpu_settings_and_determinism_unless_asked_not(fresh, platform):
+    fresh.setattr(runtime, "planned_platform", lambda: platform)
+    fresh.setattr(runtime, "accelerator_plugins", lambda: ["xla_cuda13"])
+    done = runtime.tune()
+    assert done["xla_cpu_flag"].startswith("not set") and done["gpu_determinism"] == "set"
+    assert done["keep_freed_memory"].startswith("not set")
+    assert os.environ["XLA_FLAGS"] == runtime.XLA_GPU_DETERMINISM
+    fresh.setattr(runtime, "_done", {})
+    fresh.delenv("XLA_FLAGS")
+    assert runtime.tune(deterministic=False)["gpu_determinism"] == "off"
+    assert "XLA_FLAGS" not in os.environ
+
+
+def test_on_the_cpu_the_cpu_settings_and_no_gpu_flag(fresh):
+    fresh.setattr(runtime, "planned_platform", lambda: "cpu")
+    done = runtime.tune()
+    assert done == {"platform": "cpu", "xla_cpu_flag": "set", "keep_freed_memory": "set"}
+    assert os.environ["XLA_FLAGS"] == runtime.XLA_CPU_FLAG
+    assert runtime.tune() == done and os.environ["XLA_FLAGS"] == runtime.XLA_CPU_FLAG  # again
+
+
+def test_a_flag_the_user_set_is_left_alone(fresh):
+    fresh.setattr(runtime, "planned_platform", lambda: "cpu")
+    mine = f"{runtime.XLA_CPU_FLAG.split('=')[0]}=-individual_dot"
+    fresh.setenv("XLA_FLAGS", mine)
+    assert runtime.tune()["xla_cpu_flag"] == "left as the user set it"
     assert os.environ["XLA_FLAGS"] == mine
 
 
-def test_no_flag_for_a_jaxlib_it_is_not_known_in(monkeypatch):
-    monkeypatch.setattr(runtime, "_before", {})
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    monkeypatch.setattr(runtime, "_jaxlib_version", lambda: (0, 11))
-    assert runtime.set_xla_cpu_flag() == "not set: jaxlib 0.11 is not in runtime.JAXLIB_WITH_FLAG"
+def test_no_flag_that_the_installed_xla_does_not_know(fresh):
+    fresh.setattr(runtime, "planned_platform", lambda: "cpu")
+    fresh.setattr(runtime, "xla_knows", lambda flag: False)
+    assert runtime.tune()["xla_cpu_flag"] == "not set: the installed XLA does not know it"
     assert "XLA_FLAGS" not in os.environ
 
 
@@ -106,12 +151,21 @@ def test_untuned_environ_is_the_environment_before_tune(monkeypatch):
     assert "XLA_FLAGS" not in runtime.untuned_environ()
 
 
+def test_the_environment_names_backend_devices_versions_and_flags():
+    env = runtime.environment()
+    assert env["backend"] == "cpu" and env["device_count"] == 1 and env["process_count"] == 1
+    assert env["versions"]["jax"] == jax.__version__ and env["versions"]["flax"]
+    assert env["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+    assert env["runtime"]["platform"] == "cpu"  # conftest tuned this process
+    json.dumps(env)  # it goes into config.json and summary.json
+
+
 @pytest.mark.parametrize(("untuned", "calls"), [("", 1), ("1", 0)])
 def test_entry_points_tune_unless_untuned_is_set(monkeypatch, untuned, calls):
     import experiments
 
     done = []
-    monkeypatch.setattr(runtime, "tune", lambda: done.append(1) or {})
+    monkeypatch.setattr(runtime, "tune", lambda **kw: done.append(kw) or {})
     monkeypatch.setenv("CNNJAX_UNTUNED", untuned)
-    experiments.begin(["python -m experiments.x"])
-    assert len(done) == calls
+    experiments.begin(["python -m experiments.x"], deterministic=False)
+    assert done == [{"deterministic": False}] * calls

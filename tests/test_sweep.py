@@ -5,9 +5,10 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from cnnjax import models, population, results, run, sweep
+from cnnjax import models, parallel, population, results, run, sweep
 from configs import default, sweep_lr, sweep_smoke
 from tests.test_run import REPO, config_for, dataset  # noqa: F401 (dataset is a fixture)
 
@@ -197,7 +198,8 @@ def test_members_that_change_shapes_train_as_separate_programs(dataset):  # noqa
     config = sweep_config(dataset)
     overrides = sweep.expand(config, [{"train.batch_size": [16, 32]}, {"seed": [0, 1]}])
     configs = {m: sweep.member_config(config, o) for m, o in enumerate(overrides)}
-    loaded = {sweep._data_key(config): run.load_data(config)}
+    mesh = parallel.make_mesh(jax.local_devices())
+    loaded = {sweep._data_key(config): run.make_feeds(config, run.load_splits(config), mesh)}
     settings = dict(sweep.sweep_settings(config), layout="sequential")  # "auto" on a CPU
     assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
     settings["layout"] = "unroll"  # one program per shape, as many members as fit
