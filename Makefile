@@ -1,24 +1,30 @@
 # Two commands do all set-up on a fresh machine: `make train` (the main job) and `make test`.
-# Each creates .venv if it is missing and installs the project into it; both are idempotent.
+# Each creates $(VENV) if it is missing and installs the project into it with the exact versions
+# of a lock file: constraints-oldest.txt on Python 3.11 (jax 0.10.2, the oldest supported),
+# constraints-newest.txt on Python >= 3.12 (the newest tested). Both are idempotent. The other
+# end: make test PYTHON=python3.12 VENV=.venv-py312
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CONSTRAINTS ?= $(shell $(PYTHON) -c 'import sys; print("constraints-oldest.txt" if sys.version_info < (3, 12) else "constraints-newest.txt")' 2>/dev/null)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/fashion_mnist
 CONFIG ?= configs/default.py
 
 .PHONY: venv data train evaluate smoke-train sweep smoke-sweep benchmark-sweep gradcheck \
-        compare-flax test lint format clean
+        compare-flax device-check device-wheels test lint format clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+	  echo "error: cnnjax needs Python >= 3.11; '$(PYTHON)' is older or missing: pass PYTHON=/path/to/python3.12 (or newer)" >&2; exit 1; }
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
 	  echo "error: '$(PYTHON) -m venv' is unavailable; install it with: apt-get install -y python3-venv" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" -c $(CONSTRAINTS)
 	touch $(STAMP)
 
 # Fashion-MNIST's IDX files from Debian's package (MNIST comes from ../shared/data/mnist or TFDS).
@@ -71,6 +77,14 @@ gradcheck: $(STAMP)
 compare-flax: $(STAMP)
 	$(PY) -m experiments.compare_flax
 
+# The accelerator check (cnnjax/device_check.py) into runs/device_check; on an offline image,
+# first `make device-wheels` here and carry .device there (README: On a GPU or TPU).
+device-check: $(STAMP)
+	$(PY) -m experiments.device_check --out runs/device_check
+
+device-wheels: $(STAMP)
+	$(PY) -m experiments.device_wheels --out .device
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -83,4 +97,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .device
