@@ -62,7 +62,6 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc <malloc.h>
 KEEP_FREED_BYTES = 1 << 30  # return heap memory to the OS only above 1 GiB free at the top
 
 UNTUNED = "CNNJAX_UNTUNED"  # set (non-empty): the entry points leave these settings off
-_before: dict = {}  # environment variables as they were before tune() changed them
 _done: dict = {}  # what tune() did, for environment()
 
 
@@ -128,7 +127,6 @@ def add_xla_flag(flag: str) -> str:
         return "set" if flag in _done.get("xla_flags", ()) else "left as the user set it"
     if not xla_knows(flag):
         return "not set: the installed XLA does not know it"
-    _before.setdefault("XLA_FLAGS", os.environ.get("XLA_FLAGS"))
     os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
     _done.setdefault("xla_flags", []).append(flag)
     return "set"
@@ -165,14 +163,16 @@ def tune(*, deterministic: bool = True) -> dict:
 
 
 def untuned_environ() -> dict:
-    """A copy of os.environ as it was before this process's tune(): for child processes that
-    must start without its flags (a benchmark's untuned peers)."""
+    """A copy of os.environ without this module's flags in $XLA_FLAGS (however they got there:
+    set by tune() here, or inherited from a parent process that tuned): for child processes that
+    must start untuned (a benchmark's untuned peers)."""
     env = dict(os.environ)
-    for name, value in _before.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
+    ours = (XLA_CPU_FLAG, XLA_GPU_DETERMINISM)
+    kept = [f for f in env.get("XLA_FLAGS", "").split() if f not in ours]
+    if kept:
+        env["XLA_FLAGS"] = " ".join(kept)
+    else:
+        env.pop("XLA_FLAGS", None)
     return env
 
 

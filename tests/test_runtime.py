@@ -98,7 +98,6 @@ def test_the_planned_platform(monkeypatch):
 @pytest.fixture
 def fresh(monkeypatch):
     """tune() as in a new process: no flags, nothing done yet (restored afterwards)."""
-    monkeypatch.setattr(runtime, "_before", {})
     monkeypatch.setattr(runtime, "_done", {})
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     monkeypatch.setattr(runtime, "keep_freed_memory", lambda: "set")
@@ -142,13 +141,15 @@ def test_no_flag_that_the_installed_xla_does_not_know(fresh):
     assert "XLA_FLAGS" not in os.environ
 
 
-def test_untuned_environ_is_the_environment_before_tune(monkeypatch):
+def test_untuned_environ_drops_only_the_runtime_flags(monkeypatch):
     theirs = "--xla_force_host_platform_device_count=2"
-    monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": theirs})
-    monkeypatch.setenv("XLA_FLAGS", f"{theirs} {runtime.XLA_CPU_FLAG}")
+    monkeypatch.setenv(
+        "XLA_FLAGS", f"{theirs} {runtime.XLA_CPU_FLAG} {runtime.XLA_GPU_DETERMINISM}"
+    )
     assert runtime.untuned_environ()["XLA_FLAGS"] == theirs
-    monkeypatch.setattr(runtime, "_before", {"XLA_FLAGS": None})
+    monkeypatch.setenv("XLA_FLAGS", runtime.XLA_CPU_FLAG)  # e.g. inherited from a tuned parent
     assert "XLA_FLAGS" not in runtime.untuned_environ()
+    assert os.environ["XLA_FLAGS"] == runtime.XLA_CPU_FLAG  # a copy: this process keeps its own
 
 
 def test_the_environment_names_backend_devices_versions_and_flags():
