@@ -77,7 +77,7 @@ gradcheck: $(STAMP)
 compare-flax: $(STAMP)
 	$(PY) -m experiments.compare_flax
 
-# The accelerator check (cnnjax/device_check.py) into runs/device_check; on an offline image,
+# The accelerator check (cnnjax/bench/device_check.py) into runs/device_check; on an offline image,
 # first `make device-wheels` here and carry .device there (README: On a GPU or TPU).
 device-check: $(STAMP)
 	$(PY) -m experiments.device_check --out runs/device_check

@@ -23,6 +23,7 @@ from flax import nnx
 from flax.core import unfreeze
 
 from cnnjax import losses, models, ops
+from cnnjax.output import tables
 
 # float32 eps is 1.2e-7. The two paths run the same lax ops but may sum in a different order
 # (vmapped single examples vs one batched op); the rounding of a sum of n terms in another order
@@ -47,9 +48,8 @@ def _stateless(layer, x_NHWC):
             # float64 under x64; so standard promotion, then back to x's dtype as ops.avg_pool.
             with jax.numpy_dtype_promotion("standard"):
                 y_NHWC = nn.avg_pool(
-                    x_NHWC, window, stride, layer.padding,
-                    count_include_pad=layer.count_include_pad,
-                )  # fmt: skip
+                    x_NHWC, window, stride, layer.padding, count_include_pad=layer.count_include_pad
+                )
             return y_NHWC.astype(x_NHWC.dtype)
         case models.ReLU():
             return nn.relu(x_NHWC)
@@ -121,9 +121,13 @@ class NnxCNN(nnx.Module):
                 kernel_hw = ops.as_pair(layer.kernel_size, "kernel_size")
                 stride_hw = ops.as_pair(layer.stride, "stride")
                 module = nnx.Conv(
-                    in_shape[-1], layer.features, kernel_hw, stride_hw,
-                    padding=layer.padding, rngs=rngs,
-                )  # fmt: skip
+                    in_shape[-1],
+                    layer.features,
+                    kernel_hw,
+                    stride_hw,
+                    padding=layer.padding,
+                    rngs=rngs,
+                )
             else:
                 module = nnx.Linear(in_shape[-1], layer.features, rngs=rngs)
             setattr(self, name, module)
@@ -247,3 +251,19 @@ def parity_report(params, spec, x_NHWC, labels_N, *, rtol=FLOAT32_RTOL) -> list[
                 quantity = f"grad {name}/{leaf}"
                 rows.append(_row(framework, quantity, f_grads[name][leaf], grads[name][leaf], rtol))
     return rows
+
+
+def _verdict(row: ParityRow) -> str:
+    return "PASS" if row.passed else "FAIL"
+
+
+def format_parity(rows: list[ParityRow]) -> str:
+    """The parity rows as a table (max |flax - pure|, tolerance, PASS/FAIL), then a line of how
+    many passed."""
+    header = ("framework", "quantity", "max |diff|", "tolerance", "result")
+    body = [
+        (r.framework, r.quantity, f"{r.max_abs_diff:.3e}", f"{r.tolerance:.3e}", _verdict(r))
+        for r in rows
+    ]
+    passed = sum(row.passed for row in rows)
+    return f"{tables.format_table(header, body, right=(2, 3))}\n{passed}/{len(rows)} passed"

@@ -1,4 +1,6 @@
-"""Gradient checks: the hand-derived rules of cnnjax.grads vs jax autodiff vs finite differences.
+"""Gradient checks: the hand-derived rules (cnnjax.grads, cnnjax.backprop) vs jax autodiff vs
+finite differences. Past 350 lines because the layer checks and the whole-network checks share
+one engine (the data, the FD steps, the comparison against a tolerance) and its constants.
 
 Every check returns report `Row`s. Three references, each for what it can prove:
 
@@ -37,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import grads, losses, models, ops, report
+from cnnjax import backprop, grads, losses, models, ops
+from cnnjax.output import tables
 
 # Hand vs autodiff. float32: the two sides sum in different orders, each rounding ~eps32 sqrt(n)
 # for n terms, compounding layer by layer, and cancellation (a bias gradient sums every position,
@@ -189,10 +192,10 @@ def check_conv2d(case, rng, dtype, rule=grads.conv2d_vjp) -> list[Row]:
     """conv2d's dx, dkernel, dbias; `rule(x, w, dy, stride=, padding=) -> (dx, dw, db)`."""
     kw = dict(stride=case["stride"], padding=case["padding"])
     args = [_data(rng, s) for s in (case["x_shape"], case["w_shape"], case["w_shape"][3:])]
+    forward, names = functools.partial(ops.conv2d, **kw), ("dx", "dkernel", "dbias")
     return _vjp_rows(
-        "conv2d", case, dtype, lambda x, w, b: ops.conv2d(x, w, b, **kw), args,
-        ("dx", "dkernel", "dbias"), lambda x, w, b, dy: rule(x, w, dy, **kw), rng,
-    )  # fmt: skip
+        "conv2d", case, dtype, forward, args, names, lambda x, w, b, dy: rule(x, w, dy, **kw), rng
+    )
 
 
 def check_max_pool(case, rng, dtype, rule=grads.max_pool_vjp, kind="continuous") -> list[Row]:
@@ -210,8 +213,9 @@ def check_avg_pool(case, rng, dtype, rule=grads.avg_pool_vjp) -> list[Row]:
 
 def _pool_rows(layer, op, case, rng, dtype, rule, kind="continuous", **extra) -> list[Row]:
     kw = dict(window=case["window"], stride=case["stride"], padding=case["padding"], **extra)
-    return _vjp_rows(layer, case, dtype, lambda x: op(x, **kw), [_data(rng, case["x_shape"], kind)],
-                     ("dx",), lambda x, dy: rule(x, dy, **kw), rng, kind)  # fmt: skip
+    forward, hand = functools.partial(op, **kw), functools.partial(rule, **kw)
+    x = _data(rng, case["x_shape"], kind)
+    return _vjp_rows(layer, case, dtype, forward, [x], ("dx",), hand, rng, kind)
 
 
 def check_relu(case, rng, dtype, rule=grads.relu_vjp, kind="continuous") -> list[Row]:
@@ -224,8 +228,10 @@ def check_dense(case, rng, dtype, rule=grads.dense_vjp) -> list[Row]:
     """dense's dx, dkernel, dbias; `rule(x, w, dy) -> (dx, dw, db)`."""
     (i, o) = case["w_shape"]
     args = [_data(rng, shape) for shape in [(i,), (i, o), (o,)]]
-    return _vjp_rows("dense", case, dtype, ops.dense, args, ("dx", "dkernel", "dbias"),
-                     lambda x, w, b, dy: rule(x, w, dy), rng)  # fmt: skip
+    names = ("dx", "dkernel", "dbias")
+    return _vjp_rows(
+        "dense", case, dtype, ops.dense, args, names, lambda x, w, b, dy: rule(x, w, dy), rng
+    )
 
 
 def check_flatten(case, rng, dtype, rule=grads.flatten_vjp) -> list[Row]:
@@ -242,11 +248,12 @@ def check_cross_entropy(case, rng, dtype, rule=grads.cross_entropy_vjp) -> list[
         e = np.exp(_data(rng, (n, k)))
         labels = e / e.sum(axis=1, keepdims=True)
 
-    return _vjp_rows(
-        f"cross_entropy[{case['target']}]", case, dtype,
-        lambda z: losses.cross_entropy(z, labels, label_smoothing=smoothing), [logits],
-        ("dlogits",), lambda z, dy: dy[:, None] * rule(z, labels, label_smoothing=smoothing), rng,
-    )  # fmt: skip
+    def hand(z, dy):  # dy weighs each example's loss
+        return dy[:, None] * rule(z, labels, label_smoothing=smoothing)
+
+    forward = functools.partial(losses.cross_entropy, labels=labels, label_smoothing=smoothing)
+    check = f"cross_entropy[{case['target']}]"
+    return _vjp_rows(check, case, dtype, forward, [logits], ("dlogits",), hand, rng)
 
 
 def layer_checks(rngs, dtype: str, num_cases: int = 4) -> list[Row]:
@@ -281,8 +288,8 @@ def random_spec(rng) -> tuple[models.Spec, tuple[int, int, int]]:
     while True:
         shape, spec = (*_pair(rng, 8, 16), int(rng.integers(1, 4))), []
         for _ in range(rng.integers(1, 4)):
-            spec += [models.Conv(int(rng.integers(1, 5)), _pair(rng, 1, 4), _pair(rng, 1, 3),
-                                 random_padding(rng)), models.ReLU()]  # fmt: skip
+            features, kernel, stride = int(rng.integers(1, 5)), _pair(rng, 1, 4), _pair(rng, 1, 3)
+            spec += [models.Conv(features, kernel, stride, random_padding(rng)), models.ReLU()]
             pool = (_pair(rng, 2, 3), _pair(rng, 1, 3), random_padding(rng))
             if (choice := rng.integers(3)) == 1:
                 spec.append(models.MaxPool(*pool))
@@ -307,9 +314,19 @@ def _network_inputs(spec, input_shape, rng, dtype, batch):
     return params, x_NHWC, rng.integers(0, num_classes, batch)
 
 
-def check_network(spec, input_shape, rng, dtype, *, prefix="net", case="", batch=3,
-                  label_smoothing=0.0, value_and_grad=grads.value_and_grad,
-                  fns=grads.HAND_DERIVED) -> list[Row]:  # fmt: skip
+def check_network(
+    spec,
+    input_shape,
+    rng,
+    dtype,
+    *,
+    prefix="net",
+    case="",
+    batch=3,
+    label_smoothing=0.0,
+    value_and_grad=backprop.value_and_grad,
+    fns=grads.HAND_DERIVED,
+) -> list[Row]:
     """`value_and_grad(params, x, labels, spec, label_smoothing=)`, and jax.grad through `fns`
     (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf ("net/conv1/kernel");
     in float64 the first vs FD too."""
@@ -317,8 +334,11 @@ def check_network(spec, input_shape, rng, dtype, *, prefix="net", case="", batch
     with _x64(dtype):
         params, x, labels = _network_inputs(spec, input_shape, rng, dtype, batch)
         shapes = {(name, k): a.shape for name, p in params.items() for k, a in p.items()}
-        v = {leaf: jnp.asarray(_data(rng, (FD_DIRECTIONS, *shape)), dtype)
-             for leaf, shape in shapes.items() if dtype == "float64"}  # fmt: skip
+        v = {
+            leaf: jnp.asarray(_data(rng, (FD_DIRECTIONS, *shape)), dtype)
+            for leaf, shape in shapes.items()
+            if dtype == "float64"
+        }
 
         def loss(p, fns=models.PLAIN):
             return models.loss(p, x, labels, spec, **kw, fns=fns)
@@ -328,8 +348,10 @@ def check_network(spec, input_shape, rng, dtype, *, prefix="net", case="", batch
             return loss({**params, name: {**params[name], k: value}})
 
         def compute(params, v):
-            fd = {leaf: _fd(functools.partial(loss_at, params, leaf), params[leaf[0]][leaf[1]],
-                            v_D) for leaf, v_D in v.items()}  # fmt: skip
+            fd = {
+                leaf: _fd(functools.partial(loss_at, params, leaf), params[leaf[0]][leaf[1]], v_D)
+                for leaf, v_D in v.items()
+            }
             hand = value_and_grad(params, x, labels, spec, **kw)
             return jax.value_and_grad(loss)(params), hand, jax.grad(loss)(params, fns), fd
 
@@ -350,8 +372,9 @@ def _network_rows(prefix, case, dtype, leaves, v, want, got, via_fns, fd) -> lis
     return rows
 
 
-def run_all(num_random_specs: int = 20, seed: int = 0, dtypes=("float32", "float64"),
-            layer_cases: int = 8) -> list[Row]:  # fmt: skip
+def run_all(
+    num_random_specs: int = 20, seed: int = 0, dtypes=("float32", "float64"), layer_cases: int = 8
+) -> list[Row]:
     """Layer checks, REFERENCE_CNN (batch 2) and `num_random_specs` random networks (batch 3,
     every other one with label smoothing 0.1), in each dtype."""
     rows = []
@@ -362,8 +385,9 @@ def run_all(num_random_specs: int = 20, seed: int = 0, dtypes=("float32", "float
         rows += check_network(*ref, prefix="reference_cnn", case="REFERENCE_CNN", batch=2)
         for i in range(num_random_specs):
             spec, shape = random_spec(r := next(rngs))
-            rows += check_network(spec, shape, r, dtype, case=f"random spec {i}",
-                                  label_smoothing=0.1 * (i % 2))  # fmt: skip
+            rows += check_network(
+                spec, shape, r, dtype, case=f"random spec {i}", label_smoothing=0.1 * (i % 2)
+            )
     return rows
 
 
@@ -376,21 +400,35 @@ def aggregate(rows: list[Row]) -> list[Row]:
     for row in rows:
         groups.setdefault((row.check, row.dtype), []).append(row)
     return [
-        Row(check, f"{len(g)} cases", dtype, max(r.max_abs_err for r in g),
-            max(r.max_rel_err for r in g), max(r.tolerance for r in g), all(r.passed for r in g))
+        Row(
+            check,
+            f"{len(g)} cases",
+            dtype,
+            max(r.max_abs_err for r in g),
+            max(r.max_rel_err for r in g),
+            max(r.tolerance for r in g),
+            all(r.passed for r in g),
+        )
         for (check, dtype), g in groups.items()
-    ]  # fmt: skip
+    ]
 
 
 def format_table(rows: list[Row]) -> str:
     """Columns: check, case, dtype, max abs err, max rel err, tolerance, pass/FAIL."""
     header = ("check", "case", "dtype", "max abs err", "max rel err", "tolerance", "result")
     body = [
-        (r.check, r.case, r.dtype, f"{r.max_abs_err:.2e}", f"{r.max_rel_err:.2e}",
-         f"{r.tolerance:.0e}", "pass" if r.passed else "FAIL")
+        (
+            r.check,
+            r.case,
+            r.dtype,
+            f"{r.max_abs_err:.2e}",
+            f"{r.max_rel_err:.2e}",
+            f"{r.tolerance:.0e}",
+            "pass" if r.passed else "FAIL",
+        )
         for r in rows
-    ]  # fmt: skip
-    return report.format_table(header, body, right=(3, 4, 5))
+    ]
+    return tables.format_table(header, body, right=(3, 4, 5))
 
 
 def summary(rows: list[Row]) -> str:
@@ -400,6 +438,8 @@ def summary(rows: list[Row]) -> str:
         group = [r for r in rows if r.dtype == dtype and f"vs {ref}" in r.check]
         if group:
             worst = max(group, key=lambda r: r.max_rel_err)
-            parts.append(f"{dtype} vs {ref}: worst {worst.max_rel_err:.1e} "
-                         f"(tol {worst.tolerance:.0e}, {worst.check})")  # fmt: skip
+            parts.append(
+                f"{dtype} vs {ref}: worst {worst.max_rel_err:.1e} "
+                f"(tol {worst.tolerance:.0e}, {worst.check})"
+            )
     return "; ".join(parts)

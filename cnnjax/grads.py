@@ -1,5 +1,6 @@
-"""Hand-derived backward passes: each layer's rule beside its derivation, custom_vjp twins that
-make jax.grad use the rules, and backprop through a whole network spec.
+"""Hand-derived backward rules, one layer at a time: each rule beside its derivation, and the
+custom_vjp twins that make jax.grad use them. Backprop through a whole network spec, built on
+these rules, is `cnnjax.backprop`. Past 300 lines because the docstrings are the derivations.
 
 Legend: x_HWC a layer's input (one example), dy_* the gradient of the loss w.r.t. the layer's
 output (the "error"), dx_* w.r.t. its input; s = stride, xpad = x with its padding; H' x W' is
@@ -139,9 +140,13 @@ def conv2d_vjp(x_HWC, w_HWIO, dy_HWO, *, stride=1, padding="VALID"):
 
     # Input channels play the batch, the error plays the kernel (dilated by the stride).
     dw_HWIO = lax.conv_general_dilated(
-        xpad[:used_h, :used_w, :, None], dy_HWO[:, :, None, :], window_strides=(1, 1),
-        padding="VALID", rhs_dilation=stride_hw, dimension_numbers=("HWNC", "HWIO", "HWNC"),
-    )  # fmt: skip
+        xpad[:used_h, :used_w, :, None],
+        dy_HWO[:, :, None, :],
+        window_strides=(1, 1),
+        padding="VALID",
+        rhs_dilation=stride_hw,
+        dimension_numbers=("HWNC", "HWIO", "HWNC"),
+    )
 
     # The full convolution: the error dilated by the stride (lhs_dilation puts s - 1 zeros
     # between its entries) and padded by k - 1, plus the rows no window reached, correlated with
@@ -150,10 +155,13 @@ def conv2d_vjp(x_HWC, w_HWIO, dy_HWO, *, stride=1, padding="VALID"):
     extra_h, extra_w = xpad.shape[0] - used_h, xpad.shape[1] - used_w
     w_flipped_HWOI = jnp.flip(w_HWIO, axis=(0, 1)).transpose(0, 1, 3, 2)
     dxpad = lax.conv_general_dilated(
-        dy_HWO[None], w_flipped_HWOI, window_strides=(1, 1),
+        dy_HWO[None],
+        w_flipped_HWOI,
+        window_strides=(1, 1),
         padding=((kh - 1, kh - 1 + extra_h), (kw - 1, kw - 1 + extra_w)),
-        lhs_dilation=stride_hw, dimension_numbers=_DIMS,
-    )[0]  # fmt: skip
+        lhs_dilation=stride_hw,
+        dimension_numbers=_DIMS,
+    )[0]
     return _crop(dxpad, pads, x_HWC.shape[:2]), dw_HWIO, db_O
 
 
@@ -334,126 +342,3 @@ def flatten(x_HWC):
 flatten.defvjp(lambda x: (ops.flatten(x), x), lambda x, dy: (flatten_vjp(x, dy),))
 
 HAND_DERIVED = models.LayerFns(conv2d, max_pool, avg_pool, relu, dense, flatten)
-
-
-# --------------------------------------------------------------------------- whole network
-
-
-def layer_vjp(layer: models.Layer, p, x, dy):
-    """One layer's rule: (dx, dparams) with dparams None for layers without params."""
-    match layer:
-        case models.Conv():
-            dx, dw, db = conv2d_vjp(x, p["kernel"], dy, stride=layer.stride, padding=layer.padding)
-            return dx, {"kernel": dw, "bias": db}
-        case models.Dense():
-            dx, dw, db = dense_vjp(x, p["kernel"], dy)
-            return dx, {"kernel": dw, "bias": db}
-        case models.MaxPool():
-            return max_pool_vjp(x, dy, window=layer.window, stride=layer.stride,
-                                padding=layer.padding), None  # fmt: skip
-        case models.AvgPool():
-            return avg_pool_vjp(x, dy, window=layer.window, stride=layer.stride,
-                                padding=layer.padding,
-                                count_include_pad=layer.count_include_pad), None  # fmt: skip
-        case models.ReLU():
-            return relu_vjp(x, dy), None
-        case models.Flatten():
-            return flatten_vjp(x, dy), None
-    raise TypeError(f"unknown layer {layer!r}")
-
-
-def _reverse_pass(spec, layer_ps, inputs, dy, vjp) -> dict:
-    """From the last layer to the first, dy, dparams = vjp(layer, params, its input, dy); returns
-    the parameter gradients by layer name."""
-    grads = {}
-    steps = zip(spec, layer_ps, models.layer_names(spec), inputs, strict=True)
-    for layer, p, name, x_in in reversed(list(steps)):
-        dy, dparams = vjp(layer, p, x_in, dy)
-        if name is not None:
-            grads[name] = dparams
-    return grads
-
-
-def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
-    """One example's loss, logits and gradient by backprop: run the layers forward keeping each
-    layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse."""
-    layer_ps = models.layer_params(params, spec)
-    inputs, h = [], x_HWC
-    for layer, p in zip(spec, layer_ps, strict=True):
-        inputs.append(h)
-        h = models.layer_apply(layer, p, h)
-    loss = losses.cross_entropy(h, label, label_smoothing=label_smoothing)
-    dy = cross_entropy_vjp(h, label, label_smoothing=label_smoothing)
-    return loss, h, _reverse_pass(spec, layer_ps, inputs, dy, layer_vjp)
-
-
-def backprop_plain(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
-    """(batch-mean loss, logits_NK, batch-mean gradient): example_backprop vmapped over the
-    examples and averaged. The plain formulation; `backprop` computes the same faster."""
-    per_example = jax.vmap(
-        lambda x, y: example_backprop(params, x, y, spec, label_smoothing=label_smoothing)
-    )
-    losses_N, logits_NK, grads_N = per_example(x_NHWC, labels_N)
-    n = x_NHWC.shape[0]
-    return jnp.mean(losses_N), logits_NK, jax.tree.map(lambda g: jnp.sum(g, axis=0) / n, grads_N)
-
-
-def conv2d_kernel_grad_batch(x_NHWC, dy_NHWO, kernel_hw, *, stride=1, padding="VALID"):
-    """dL/dw of a batch: sum over n of conv2d_vjp's dw, i.e.
-
-        dL/dw[m, q, c, o] = sum_{n, i, j} xpad[n, i*s + m, j*s + q, c] dy[n, i, j, o]
-
-    computed as ONE convolution in which the examples are the contracted "input features"
-    (x read as C x H x W x N, the error as N x H' x W' x O, dilated by the stride). Vmapping
-    conv2d_vjp instead gives a convolution per example (a grouped convolution, several times
-    slower on XLA:CPU) and then sums them."""
-    (kh, kw), stride_hw = kernel_hw, ops.as_pair(stride, "stride")
-    pads = ops.explicit_padding(x_NHWC.shape[1:3], (kh, kw), stride_hw, padding)
-    ho, wo = dy_NHWO.shape[1:3]
-    used_h, used_w = (ho - 1) * stride_hw[0] + kh, (wo - 1) * stride_hw[1] + kw
-    xpad = jnp.pad(x_NHWC, ((0, 0), *pads, (0, 0)))[:, :used_h, :used_w]
-    return lax.conv_general_dilated(
-        xpad, dy_NHWO, window_strides=(1, 1), padding="VALID", rhs_dilation=stride_hw,
-        dimension_numbers=("CHWN", "IHWO", "HWNC"),
-    )  # fmt: skip
-
-
-def _layer_vjp_batch(layer: models.Layer, p, x_N, dy_N):
-    """layer_vjp for a batch: dx per example (vmapped rules) and dparams summed over examples."""
-    if isinstance(layer, models.Conv):
-        dx = jax.vmap(lambda x, dy: conv2d_vjp(x, p["kernel"], dy, stride=layer.stride,
-                                               padding=layer.padding)[0])(x_N, dy_N)  # fmt: skip
-        dw = conv2d_kernel_grad_batch(x_N, dy_N, p["kernel"].shape[:2], stride=layer.stride,
-                                      padding=layer.padding)  # fmt: skip
-        return dx, {"kernel": dw, "bias": jnp.sum(dy_N, axis=(0, 1, 2))}
-    if isinstance(layer, models.Dense):  # dw = sum_n outer(x_n, dy_n) = x^T dy
-        return dy_N @ p["kernel"].T, {"kernel": x_N.T @ dy_N, "bias": jnp.sum(dy_N, axis=0)}
-    return jax.vmap(lambda x, dy: layer_vjp(layer, p, x, dy)[0])(x_N, dy_N), None
-
-
-def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
-    """(batch-mean loss, logits_NK, batch-mean gradient) by manual backprop over the batch: the
-    forward pass and every dx are the one-example functions vmapped; each parameter gradient is
-    summed over the examples inside one op (conv2d_kernel_grad_batch, x^T dy for dense).
-    Equal to backprop_plain within float rounding (tests/test_grads.py)."""
-    layer_ps = models.layer_params(params, spec)
-    inputs, h = [], x_NHWC
-    for layer, p in zip(spec, layer_ps, strict=True):
-        inputs.append(h)
-        h = jax.vmap(lambda x, layer=layer, p=p: models.layer_apply(layer, p, x))(h)
-    # The loss in at least float32: logits computed in bfloat16 (mixed precision) are upcast
-    # for the softmax, and the error goes back down in the layers' dtype.
-    z = h.astype(losses.loss_dtype(h.dtype))
-    ce = functools.partial(losses.cross_entropy, label_smoothing=label_smoothing)
-    losses_N = jax.vmap(ce)(z, labels_N)
-    n = x_NHWC.shape[0]
-    ce_vjp = functools.partial(cross_entropy_vjp, label_smoothing=label_smoothing)
-    dy = (jax.vmap(ce_vjp)(z, labels_N) / n).astype(h.dtype)  # the batch mean's 1/N, once
-    return jnp.mean(losses_N), z, _reverse_pass(spec, layer_ps, inputs, dy, _layer_vjp_batch)
-
-
-def value_and_grad(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
-    """The batch-mean loss and its gradient by manual backprop: the same (loss, grads) pytree as
-    jax.value_and_grad(models.loss)(params, x_NHWC, labels_N, spec), for any spec."""
-    loss, _, grads = backprop(params, x_NHWC, labels_N, spec, label_smoothing=label_smoothing)
-    return loss, grads

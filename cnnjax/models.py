@@ -15,7 +15,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from cnnjax import losses, ops, report
+from cnnjax import losses, ops
+from cnnjax.output import tables
 
 # --------------------------------------------------------------------------- layer descriptions
 
@@ -200,10 +201,10 @@ def layer_apply(layer: Layer, p, x, fns: LayerFns = PLAIN):
         case MaxPool():
             return fns.max_pool(x, layer.window, layer.stride, layer.padding)
         case AvgPool():
+            include = layer.count_include_pad
             return fns.avg_pool(
-                x, layer.window, layer.stride, layer.padding,
-                count_include_pad=layer.count_include_pad,
-            )  # fmt: skip
+                x, layer.window, layer.stride, layer.padding, count_include_pad=include
+            )
         case ReLU():
             return fns.relu(x)
         case Flatten():
@@ -295,4 +296,4 @@ def summary(spec: Spec, input_shape) -> str:
         total += count
         rows.append((name or type(layer).__name__.lower(), str(shape), f"{count:,}"))
     rows.append(("total", "", f"{total:,}"))
-    return report.format_table(("layer", "output shape", "params"), rows, right=(2,))
+    return tables.format_table(("layer", "output shape", "params"), rows, right=(2,))

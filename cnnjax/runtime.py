@@ -137,8 +137,8 @@ def keep_freed_memory() -> str:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return f"not set: needs glibc, this is {platform.system()} {platform.libc_ver()[0]}"
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    ok = all(libc.mallopt(option, value) == 1 for option, value in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED_BYTES), (M_ARENA_MAX, 1)))  # fmt: skip
+    settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED_BYTES), (M_ARENA_MAX, 1))
+    ok = all(libc.mallopt(option, value) == 1 for option, value in settings)
     return "set" if ok else "not set: mallopt refused"
 
 
@@ -152,9 +152,14 @@ def tune(*, deterministic: bool = True) -> dict:
         done["keep_freed_memory"] = "set" if _done.get("malloc") else keep_freed_memory()
         _done["malloc"] = done["keep_freed_memory"] == "set"
     else:
-        why = f"not set: the work runs on {where}" if where != "auto" else (
-            f"not set: {', '.join(accelerator_plugins())} installed, JAX picks the platform "
-            "(JAX_PLATFORMS=cpu runs on the CPU with these settings)")  # fmt: skip
+        if where == "auto":
+            plugins = ", ".join(accelerator_plugins())
+            why = (
+                f"not set: {plugins} installed, JAX picks the platform "
+                "(JAX_PLATFORMS=cpu runs on the CPU with these settings)"
+            )
+        else:
+            why = f"not set: the work runs on {where}"
         done["xla_cpu_flag"] = done["keep_freed_memory"] = why
     if where in ("gpu", "auto"):
         done["gpu_determinism"] = add_xla_flag(XLA_GPU_DETERMINISM) if deterministic else "off"
@@ -191,11 +196,14 @@ def environment() -> dict:
             return None
 
     return dict(
-        backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind,
-        device_count=jax.device_count(), process_count=jax.process_count(),
+        backend=jax.default_backend(),
+        device_kind=jax.devices()[0].device_kind,
+        device_count=jax.device_count(),
+        process_count=jax.process_count(),
         python=platform.python_version(),
         versions={p: version(p) for p in ("jax", "jaxlib", "flax", "optax", "numpy")},
-        plugins=accelerator_plugins(), xla_flags=os.environ.get("XLA_FLAGS", ""),
+        plugins=accelerator_plugins(),
+        xla_flags=os.environ.get("XLA_FLAGS", ""),
         runtime=_done.get("settings", "not tuned"),
         matmul_precision=jax.config.jax_default_matmul_precision,
-    )  # fmt: skip
+    )

@@ -12,6 +12,6 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0  # of the params init
     config.batch = 256  # test images compared
-    config.dataset = "mnist"  # or "fashion_mnist" (cnnjax.data.DATASETS)
-    config.source_dir = ""  # the four IDX files; "": cnnjax.idx.find_source_dir, else TFDS
+    config.dataset = "mnist"  # or "fashion_mnist" (cnnjax.training.data.DATASETS)
+    config.source_dir = ""  # the four IDX files; "": cnnjax.training.idx.find_source_dir, else TFDS
     return config

@@ -1,5 +1,5 @@
-"""The accelerator check (cnnjax/device_check.py): a short gradient check, Flax parity, a short
-MNIST run, the side-by-side training benchmark at batch 128 and 1024 and the sweep layouts.
+"""The accelerator check (cnnjax/bench/device_check.py): a short gradient check, Flax parity, a
+short MNIST run, the side-by-side training benchmark at batch 128 and 1024 and the sweep layouts.
 
     python -m experiments.device_wheels --out .device     # here: what the image lacks
     python -m experiments.device_check --out runs/device_check
@@ -15,7 +15,7 @@ from configs import default, gradcheck, mnist, sweep_lr
 
 def get_config():
     config = ml_collections.ConfigDict()
-    config.parts = "gradcheck,parity,train,benchmark,sweep"  # cnnjax.device_check.PARTS
+    config.parts = "gradcheck,parity,train,benchmark,sweep"  # cnnjax.bench.device_check.PARTS
 
     config.gradcheck = gradcheck.get_config()
     config.gradcheck.num_random_specs = 4  # random networks per dtype (the full check: 20)
@@ -25,15 +25,20 @@ def get_config():
     config.parity.seed = 0
     config.parity.batch = 256  # test images compared
     config.parity.dataset = "mnist"
-    config.parity.source_dir = ""  # the IDX files; "": found as cnnjax.idx finds them
+    config.parity.source_dir = ""  # the IDX files; "": found as cnnjax.training.idx finds them
 
     config.run = mnist.get_config()  # the short real run: MNIST, 3 epochs
     config.run.train.epochs = 3
 
     config.benchmark = ml_collections.ConfigDict()
     config.benchmark.base = default.get_config()  # network, learning rate, momentum
-    config.benchmark.methods = ("cnnjax hand", "cnnjax autodiff", "flax nnx", "flax linen",
-                                "pytorch eager")  # fmt: skip
+    config.benchmark.methods = (
+        "cnnjax hand",
+        "cnnjax autodiff",
+        "flax nnx",
+        "flax linen",
+        "pytorch eager",
+    )
     config.benchmark.batch_sizes = (128, 1024)
     config.benchmark.images = 32768  # per timed window
     config.benchmark.repeats = 3

@@ -1,5 +1,5 @@
 """A learning-rate x seed sweep of the reference CNN on Fashion-MNIST: 8 members, one after
-another on a CPU and as one program (a population; see cnnjax/population.py) elsewhere.
+another on a CPU and as one program (a population; see cnnjax/sweeps/population.py) elsewhere.
 
     python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/sweep_lr
 
@@ -23,7 +23,7 @@ def get_config():
 
 
 def get_sweep():
-    """Axes multiply; the fields inside one axis are zipped (see cnnjax/sweep.py)."""
+    """Axes multiply; the fields inside one axis are zipped (see cnnjax/sweeps/grid.py)."""
     return [
         {"optim.learning_rate": [0.05, 0.1, 0.2, 0.4]},
         {"seed": [0, 1]},

@@ -19,10 +19,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import benchmark
+from cnnjax.bench import benchmark, measuring
+from cnnjax.training import analysis
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
-_METHODS = flags.DEFINE_list("methods", list(benchmark.METHODS), "methods to measure")
+_METHODS = flags.DEFINE_list("methods", list(measuring.METHODS), "methods to measure")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "training batch sizes")
 _IMAGES = flags.DEFINE_integer("images", 4096, "images per timed window (at least 2 steps)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed windows after the first (median reported)")
@@ -36,14 +37,18 @@ _TARGET = flags.DEFINE_float("target", None, "test accuracy for --time_to_accura
 def main(argv) -> int:
     experiments.begin(argv)
     if _TTA.value:
-        rows = [benchmark.time_to_accuracy(workdir, _TARGET.value) for workdir in _TTA.value]
-        print(benchmark.format_time_to_accuracy(rows))
+        rows = [analysis.time_to_accuracy(workdir, _TARGET.value) for workdir in _TTA.value]
+        print(analysis.format_time_to_accuracy(rows))
         return 0
     results = benchmark.peers_vs_cnnjax(
-        _CONFIG.value, methods=_METHODS.value, batch_sizes=[int(b) for b in _BATCH_SIZES.value],
-        images=_IMAGES.value, repeats=_REPEATS.value, eval_images=_EVAL_IMAGES.value,
+        _CONFIG.value,
+        methods=_METHODS.value,
+        batch_sizes=[int(b) for b in _BATCH_SIZES.value],
+        images=_IMAGES.value,
+        repeats=_REPEATS.value,
+        eval_images=_EVAL_IMAGES.value,
         matmul_n=_MATMUL.value,
-    )  # fmt: skip
+    )
     print(benchmark.format_results(results))
     print(f"written to {benchmark.write_results(results, _OUT.value)}")
     return 0

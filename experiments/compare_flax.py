@@ -16,7 +16,8 @@ from absl import app
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import flax_models, idx, models, report
+from cnnjax import flax_models, models
+from cnnjax.training import idx
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/compare_flax.py")
 
@@ -27,7 +28,7 @@ def test_images(name: str, source_dir):
     source = idx.find_source_dir(name, source_dir)
     if source is not None:
         return idx.read_split(name, "test", source)
-    from cnnjax import data  # TFDS only when it must download
+    from cnnjax.training import data  # TFDS only when it must download
 
     return data.load(name, "test")
 
@@ -48,17 +49,12 @@ def main(argv) -> int:
     params = models.init(init_key, models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE)
     rows = flax_models.parity_report(params, models.REFERENCE_CNN, x_NHWC, labels_N)
 
-    print(f"data: {config.dataset} (test), batch {len(labels_N)}, seed {config.seed}, "
-          f"device {jax.devices()[0]}")  # fmt: skip
-    header = ("framework", "quantity", "max |diff|", "tolerance", "result")
-    body = [
-        (r.framework, r.quantity, f"{r.max_abs_diff:.3e}", f"{r.tolerance:.3e}",
-         "PASS" if r.passed else "FAIL")
-        for r in rows
-    ]  # fmt: skip
-    print(report.format_table(header, body, right=(2, 3)))
+    print(
+        f"data: {config.dataset} (test), batch {len(labels_N)}, seed {config.seed}, "
+        f"device {jax.devices()[0]}"
+    )
+    print(flax_models.format_parity(rows))
     failed = [row for row in rows if not row.passed]
-    print(f"{len(rows) - len(failed)}/{len(rows)} passed")
     return 1 if failed else 0
 
 

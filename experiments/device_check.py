@@ -1,4 +1,4 @@
-"""Check and measure cnnjax on whatever backend JAX finds (cnnjax/device_check.py) into --out.
+"""Check and measure cnnjax on whatever backend JAX finds (cnnjax/bench/device_check.py) into --out.
 
     python -m experiments.device_check --out runs/device_check
     python -m experiments.device_check --out DIR --config.parts=gradcheck,parity
@@ -17,7 +17,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import device_check
+from cnnjax.bench import device_check
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/device_check.py")
 _OUT = flags.DEFINE_string("out", "runs/device_check", "the results folder (new or empty)")

@@ -1,5 +1,5 @@
 """Prepare, here, what an offline accelerator image lacks to run cnnjax: wheels of the packages
-of --lock that it does not have (cnnjax/wheels.py lists the H200 image's), and the MNIST IDX
+of --lock that it does not have (cnnjax/bench/wheels.py lists the H200 image's), and the MNIST IDX
 files for the device check's real data.
 
     python -m experiments.device_wheels --out .device
@@ -17,7 +17,8 @@ from pathlib import Path
 
 from absl import app, flags
 
-from cnnjax import idx, wheels
+from cnnjax.bench import wheels
+from cnnjax.training import idx
 
 _OUT = flags.DEFINE_string("out", ".device", "folder for wheels/ and mnist/ (git-ignored)")
 _LOCK = flags.DEFINE_string("lock", "constraints-newest.txt", "the lock file to take pins from")

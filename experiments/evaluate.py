@@ -10,7 +10,7 @@ import sys
 from absl import app, flags
 
 import experiments
-from cnnjax import analysis, run
+from cnnjax.training import RunError, analysis
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 flags.mark_flag_as_required("workdir")
@@ -20,7 +20,7 @@ def main(argv) -> int:
     experiments.begin(argv)
     try:
         print(analysis.evaluation_report(_WORKDIR.value))
-    except run.RunError as error:
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

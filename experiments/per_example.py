@@ -13,7 +13,8 @@ import sys
 from absl import app, flags
 
 import experiments
-from cnnjax import analysis, report, run
+from cnnjax.output import tables
+from cnnjax.training import RunError, analysis
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 _TOP = flags.DEFINE_integer("top", 16, "how many of the highest-loss examples to show")
@@ -24,10 +25,10 @@ def main(argv) -> int:
     experiments.begin(argv)
     try:
         summary = analysis.per_example_report(_WORKDIR.value, top=_TOP.value)
-    except run.RunError as error:
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(report.summary_table(summary))
+    print(tables.summary_table(summary))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Where one training step's time goes, operation by operation (cnnjax.profiling).
+"""Where one training step's time goes, operation by operation (cnnjax.bench.profiling).
 
     python -m experiments.profile_step                       # hand-derived gradients, batch 128
     python -m experiments.profile_step --gradients=autodiff --batch_size=32
@@ -14,7 +14,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import profiling, train
+from cnnjax.bench import profiling
+from cnnjax.training import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
 _GRADIENTS = flags.DEFINE_enum("gradients", "hand", train.GRADIENTS, "how the step differentiates")
@@ -24,8 +25,9 @@ _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (the median is reported
 
 def main(argv) -> int:
     experiments.begin(argv)
-    result = profiling.profile_step(_CONFIG.value, gradients=_GRADIENTS.value,
-                                    batch_size=_BATCH_SIZE.value, steps=_STEPS.value)  # fmt: skip
+    result = profiling.profile_step(
+        _CONFIG.value, gradients=_GRADIENTS.value, batch_size=_BATCH_SIZE.value, steps=_STEPS.value
+    )
     print(profiling.format_profile(result))
     return 0
 

@@ -16,7 +16,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import results, run, sweep
+from cnnjax.sweeps import grid, results, sweep
+from cnnjax.training import RunError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_sweep()")
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory (created; never overwritten)")
@@ -33,18 +34,19 @@ def main(argv) -> int:
         if _MERGE.value:
             rows, shard = sweep.merge(_WORKDIR.value), (0, 1)
         elif _CONFIG.value is None:
-            raise sweep.SweepError("--config is required (a config file with get_sweep())")
+            raise grid.SweepError("--config is required (a config file with get_sweep())")
         else:
-            axes = sweep.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
-            shard = sweep.parse_shard(_SHARD.value)
-            rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard,
-                             resume=_RESUME.value)  # fmt: skip
-    except run.RunError as error:
+            axes = grid.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
+            shard = grid.parse_shard(_SHARD.value)
+            rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard, resume=_RESUME.value)
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if shard[1] > 1:
-        print(f"shard {shard[0]}/{shard[1]}: {len(rows)} members finished; once all shards are, "
-              f"run: python -m experiments.sweep --workdir {_WORKDIR.value} --merge")  # fmt: skip
+        print(
+            f"shard {shard[0]}/{shard[1]}: {len(rows)} members finished; once all shards are, "
+            f"run: python -m experiments.sweep --workdir {_WORKDIR.value} --merge"
+        )
         return 0
     print(results.settings_table(results.settings_summary(rows)))
     print(f"sweep directory: {_WORKDIR.value}")

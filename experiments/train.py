@@ -20,15 +20,18 @@ from absl import app, flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import parallel, report, run
+from cnnjax import parallel
+from cnnjax.training import RunError, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; never overwritten)")
 _RESUME = flags.DEFINE_bool("resume", False, "continue the run in --workdir from its checkpoint")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator", None, "HOST:PORT of process 0, 'auto' (SLURM, Open MPI) or '' for one process; "
-    "default $CNNJAX_COORDINATOR"
-)  # fmt: skip
+    "coordinator",
+    None,
+    "HOST:PORT of process 0, 'auto' (SLURM, Open MPI) or '' for one process; "
+    "default $CNNJAX_COORDINATOR",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "default $CNNJAX_NUM_PROCESSES")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "0 .. N-1; default $CNNJAX_PROCESS_ID")
 flags.mark_flag_as_required("workdir")
@@ -44,14 +47,12 @@ def main(argv) -> int:
         return 1
     try:
         summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-    except run.RunError as error:
+    except RunError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not parallel.is_primary():
         return 0  # process 0 prints the summary
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-            for k, v in summary.items() if not isinstance(v, dict)]  # fmt: skip
-    print(report.format_table(("summary", ""), rows))
+    print(run.format_summary(summary))
     print(f"run directory: {_WORKDIR.value}")
     return 0
 

@@ -10,6 +10,8 @@ setting would test a different library, not this one.
 from __future__ import annotations
 
 import contextlib
+import gzip
+import hashlib
 
 import jax
 import numpy as np
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import settings
 
 from cnnjax import runtime
+from tests import builders
 
 # The kernels and allocator the experiment entry points run with (cnnjax.runtime), set before
 # any test starts JAX's backends.
@@ -41,3 +44,29 @@ def float_dtype(request):
     dtype = request.param
     with jax.enable_x64(True) if dtype == np.float64 else contextlib.nullcontext():
         yield dtype
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    """Learnable 28x28 digits-to-be (class k lights band k) as IDX files, prepared with TFDS:
+    (IDX source directory, TFDS directory), as builders.config_for takes them."""
+    from cnnjax.training import data  # TFDS loads only for the tests that use this fixture
+
+    root = tmp_path_factory.mktemp("data")
+    source, tfds_dir = root / "idx", root / "tfds"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    checksums = {}
+    for split, n in (("train", builders.TRAIN_N), ("t10k", builders.TEST_N)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 80, (n, 28, 28))
+        for k in range(10):
+            images[labels == k, 2 * k + 4 : 2 * k + 6] += 170
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            raw = builders.idx_bytes(array)
+            stem = f"{split}-{kind}-ubyte"
+            (source / f"{stem}.gz").write_bytes(gzip.compress(raw, mtime=0))
+            checksums[stem] = hashlib.sha256(raw).hexdigest()
+    for split in ("train", "test"):
+        data.load("mnist", split, data_dir=tfds_dir, source_dir=source, checksums=checksums)
+    return source, tfds_dir

@@ -1,113 +1,137 @@
-"""The house's import rules (STYLE.md, with models before grads), checked by parsing imports."""
+"""The house's layout (STYLE.md), checked by parsing imports: every module sits on a tier,
+imports flow down the tiers only and never in a circle, the math loads only jax and numpy, and
+no module outgrows the size a reader takes in at once without saying why."""
 
 import ast
 import pathlib
+import sys
 
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "cnnjax"
-STDLIB_OK = {"__future__", "collections", "dataclasses", "functools", "math", "typing"}
 
-# Who may import whom inside cnnjax. Whole-network backprop in grads walks a spec, so models
-# comes before grads; models.apply takes a table of layer functions, so grads can hand it the
-# custom_vjp twins without models knowing about grads.
-ALLOWED_INTERNAL = {
-    "ops": set(),
-    "losses": set(),
-    "models": {"ops", "losses", "report"},
-    "grads": {"ops", "losses", "models"},
-    "gradcheck": {"ops", "losses", "models", "grads", "report"},
-    "flax_models": {"ops", "losses", "models", "report"},
-    "idx": set(),
-    "data": {"idx"},
-    "parallel": set(),
-    "feed": {"parallel"},
-    "report": set(),
-    "progress": {"report"},
-    "runtime": set(),
-    "plots": {"report"},
-    "train": {"ops", "losses", "models", "grads"},
-    "run": {
-        "data",
-        "feed",
-        "idx",
-        "losses",
-        "models",
-        "parallel",
-        "plots",
-        "progress",
-        "report",
-        "runtime",
-        "train",
+# The tiers, lowest first. A module may import modules of lower tiers and of its own tier (no
+# cycles); never of a higher one. Names are relative to cnnjax ("training.run").
+TIERS = {
+    "process": {"parallel", "runtime"},
+    "output": {"output", "output.jsonl", "output.tables", "output.progress", "output.plots"},
+    "math": {"ops", "losses", "models", "grads", "backprop"},
+    "checks": {"gradcheck", "flax_models"},
+    "one run": {
+        "training",
+        "training.idx",
+        "training.data",
+        "training.feed",
+        "training.train",
+        "training.settings",
+        "training.checkpoints",
+        "training.workdir",
+        "training.run",
+        "training.analysis",
     },
-    "analysis": {"idx", "losses", "models", "plots", "report", "run", "train"},
-    "population": {"parallel", "progress", "report", "run", "train"},
-    "peers": {"flax_models", "models"},
-    "benchmark": {
-        "feed",
-        "models",
-        "ops",
-        "parallel",
-        "peers",
-        "population",
-        "report",
-        "run",
-        "runtime",
-        "train",
+    "many runs": {"sweeps", "sweeps.grid", "sweeps.population", "sweeps.results", "sweeps.sweep"},
+    "measurement": {
+        "bench",
+        "bench.timing",
+        "bench.machine",
+        "bench.peers",
+        "bench.measuring",
+        "bench.layouts",
+        "bench.benchmark",
+        "bench.profiling",
+        "bench.wheels",
+        "bench.device_check",
     },
-    "profiling": {"benchmark", "feed", "models", "parallel", "report", "train"},
-    "results": {"plots", "report"},
-    "wheels": set(),
-    "device_check": {
-        "benchmark",
-        "flax_models",
-        "gradcheck",
-        "idx",
-        "models",
-        "report",
-        "run",
-        "runtime",
-        "sweep",
-    },
-    "sweep": {"models", "parallel", "population", "report", "results", "run", "runtime", "train"},
 }
-# The math modules import only jax and numpy (plus the standard library above).
-PURE_MATH = {"ops", "losses", "models", "grads"}
+LEVEL = {module: level for level, tier in enumerate(TIERS.values()) for module in tier}
+# The math and what it imports load only jax and numpy (and the standard library): no tqdm,
+# matplotlib, orbax or tensorflow_datasets behind `import cnnjax.models`.
+PURE = TIERS["math"] | {"output", "output.tables", "output.jsonl"}
+LONG = 350  # lines; a longer module says why in its docstring: "Past 350 lines because ..."
+
+
+def _path(module: str) -> pathlib.Path:
+    path = PACKAGE.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _modules() -> list[str]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        if parts:  # not cnnjax/__init__.py
+            found.append(".".join(parts))
+    return found
 
 
 def _imports(path: pathlib.Path) -> set[str]:
+    """Absolute names imported: "jax", "cnnjax.ops", "cnnjax.training.run", ..."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            if node.module == "cnnjax":
-                names.update(f"cnnjax.{alias.name}" for alias in node.names)
-            else:
-                names.add(node.module)
+            names.add(node.module)
+            if node.module.startswith("cnnjax"):  # from cnnjax.training import run, RunError
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
 
 
-def _modules():
-    return sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+def _internal(path: pathlib.Path) -> set[str]:
+    """The cnnjax modules (relative names) a file imports; "cnnjax" itself and names that are
+    not modules (RunError, a function) are dropped."""
+    known = set(_modules())
+    return {n.removeprefix("cnnjax.") for n in _imports(path) if n.startswith("cnnjax.")} & known
 
 
 @pytest.mark.parametrize("module", _modules())
-def test_internal_imports_flow_one_way(module):
-    assert module in ALLOWED_INTERNAL, f"add cnnjax/{module}.py to the import table"
-    imports = _imports(PACKAGE / f"{module}.py")
-    internal = {name.split(".")[1] for name in imports if name.startswith("cnnjax.")}
-    assert internal <= ALLOWED_INTERNAL[module], f"{module} imports {internal}"
-    assert not any(name.split(".")[0] in {"experiments", "configs"} for name in imports)
+def test_every_module_has_a_tier_and_imports_flow_down(module):
+    assert module in LEVEL, f"put cnnjax/{module} on a tier of TIERS"
+    for imported in _internal(_path(module)) - {module}:
+        assert LEVEL[imported] <= LEVEL[module], f"{module} imports {imported}, a higher tier"
+    assert not any(n.split(".")[0] in {"experiments", "configs"} for n in _imports(_path(module)))
 
 
-@pytest.mark.parametrize("module", sorted(PURE_MATH))
-def test_math_modules_import_only_jax_and_numpy(module):
-    roots = {name.split(".")[0] for name in _imports(PACKAGE / f"{module}.py")}
-    assert roots <= {"jax", "numpy", "cnnjax"} | STDLIB_OK, roots
+def test_no_import_cycles():
+    graph = {m: _internal(_path(m)) - {m} for m in _modules()}
+    done, path = set(), []
+
+    def visit(module):
+        assert module not in path, f"import cycle: {' -> '.join([*path, module])}"
+        if module in done:
+            return
+        path.append(module)
+        for imported in graph[module]:
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
 
 
-def test_a_planted_forbidden_import_is_seen(tmp_path):
+@pytest.mark.parametrize("module", sorted(PURE))
+def test_the_math_imports_only_jax_and_numpy(module):
+    roots = {name.split(".")[0] for name in _imports(_path(module))}
+    assert roots <= {"jax", "numpy", "cnnjax"} | sys.stdlib_module_names, roots
+    assert _internal(_path(module)) <= PURE, "the math may import only the math and PURE"
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_modules_stay_small_or_say_why(module):
+    text = _path(module).read_text()
+    lines = text.count("\n")
+    docstring = ast.get_docstring(ast.parse(text)) or ""
+    assert docstring, f"cnnjax/{module}: a module docstring states its one responsibility"
+    reason = f"Past {LONG} lines because" in " ".join(docstring.split())
+    assert lines <= LONG or reason, f"cnnjax/{module}: {lines} lines and no reason in its docstring"
+
+
+def test_the_checks_see_a_planted_violation(tmp_path):
     planted = tmp_path / "ops.py"
-    planted.write_text("import flax\nfrom cnnjax import grads\n")
-    assert _imports(planted) == {"flax", "cnnjax.grads"}
+    planted.write_text("import flax\nfrom cnnjax.training import run, RunError\n")
+    imported = {"flax", "cnnjax.training", "cnnjax.training.run", "cnnjax.training.RunError"}
+    assert _imports(planted) == imported
+    assert _internal(planted) == {"training", "training.run"}
+    assert LEVEL["training.run"] > LEVEL["ops"]  # so ops importing it fails the flow test

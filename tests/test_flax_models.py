@@ -31,21 +31,41 @@ BATCH = 3
 SPECS = {
     "reference": (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE),
     "stride2_same_avg_exclude": (
-        (Conv(4, 3, stride=2, padding="SAME"), ReLU(), Conv(3, (2, 3), stride=(2, 1)),
-         AvgPool(3, stride=2, padding="SAME", count_include_pad=False), Flatten(), Dense(5)),
+        (
+            Conv(4, 3, stride=2, padding="SAME"),
+            ReLU(),
+            Conv(3, (2, 3), stride=(2, 1)),
+            AvgPool(3, stride=2, padding="SAME", count_include_pad=False),
+            Flatten(),
+            Dense(5),
+        ),
         (13, 12, 2),
     ),
     "explicit_pad_overlapping_max": (
-        (Conv(4, (3, 2), padding=((1, 0), (2, 1))), ReLU(), MaxPool(3, stride=2),
-         Conv(3, 1), MaxPool(2, stride=1, padding="SAME"), Flatten(), Dense(4, name="head")),
+        (
+            Conv(4, (3, 2), padding=((1, 0), (2, 1))),
+            ReLU(),
+            MaxPool(3, stride=2),
+            Conv(3, 1),
+            MaxPool(2, stride=1, padding="SAME"),
+            Flatten(),
+            Dense(4, name="head"),
+        ),
         (11, 10, 3),
     ),
     "avg_include_pad": (
-        (Conv(3, 3, padding="SAME"), AvgPool(2, padding=((1, 1), (0, 1)), count_include_pad=True),
-         ReLU(), Flatten(), Dense(6), ReLU(), Dense(3)),
+        (
+            Conv(3, 3, padding="SAME"),
+            AvgPool(2, padding=((1, 1), (0, 1)), count_include_pad=True),
+            ReLU(),
+            Flatten(),
+            Dense(6),
+            ReLU(),
+            Dense(3),
+        ),
         (5, 7, 1),
     ),
-}  # fmt: skip
+}
 
 
 def assert_close(got, want, what: str):
@@ -181,6 +201,18 @@ def test_parity_report_catches_a_planted_layout_bug(monkeypatch):
     failed = {(row.framework, row.quantity) for row in rows if not row.passed}
     assert ("linen", "logits") in failed and ("linen", "grad conv1/kernel") in failed
     assert not any(framework == "nnx" for framework, _ in failed)
+
+
+def test_the_parity_table_shows_every_row_and_counts_the_passes():
+    rows = [
+        flax_models.ParityRow("nnx", "logits", 1.5e-7, 2e-6, True),
+        flax_models.ParityRow("linen", "grad conv1/kernel", 3e-3, 2e-6, False),
+    ]
+    lines = flax_models.format_parity(rows).splitlines()
+    assert lines[0].split() == ["framework", "quantity", "max", "|diff|", "tolerance", "result"]
+    assert lines[1].split() == ["nnx", "logits", "1.500e-07", "2.000e-06", "PASS"]
+    assert lines[2].split() == ["linen", "grad", "conv1/kernel", "3.000e-03", "2.000e-06", "FAIL"]
+    assert lines[3] == "1/2 passed"
 
 
 def test_flax_pool_default_stride_is_not_the_window():

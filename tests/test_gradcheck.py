@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import gradcheck, grads, losses, models, ops
+from cnnjax import backprop, gradcheck, grads, losses, models, ops
 
 # Fixed cases that give each planted bug something to get wrong: an asymmetric kernel with a
 # stride of 2, a padded avg pool without the padding in its count, overlapping pool windows.
@@ -262,7 +262,7 @@ def test_cross_entropy_rule_ignoring_label_smoothing_is_caught():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_network_gradient_not_divided_by_the_batch_size_is_caught(dtype):
     def value_and_grad(params, x_NHWC, labels_N, spec, **kwargs):
-        loss, g = grads.value_and_grad(params, x_NHWC, labels_N, spec, **kwargs)
+        loss, g = backprop.value_and_grad(params, x_NHWC, labels_N, spec, **kwargs)
         return loss, jax.tree.map(lambda leaf: leaf * x_NHWC.shape[0], g)
 
     rows = gradcheck.check_network(

@@ -1,4 +1,5 @@
-"""Hand-derived backward rules: worked examples by hand, agreement with jax.grad, the twins."""
+"""cnnjax.grads: the per-layer hand-derived backward rules, worked by hand and against jax.grad, and
+their custom_vjp twins."""
 
 import jax
 import jax.numpy as jnp
@@ -93,8 +94,9 @@ def test_max_pool_vjp_tiled_equals_taps_ties_and_dropped_rows_included(shape, wi
 def test_max_pool_vjp_tiled_gives_a_nan_window_no_winner_as_taps_does():
     x = jnp.array([[1.0, jnp.nan], [0.0, 2.0]])[..., None]
     dy = jnp.array([[[5.0]]])
-    np.testing.assert_array_equal(grads.max_pool_vjp_tiled(x, dy, (2, 2)),
-                                  grads.max_pool_vjp_taps(x, dy, window=2))  # fmt: skip
+    np.testing.assert_array_equal(
+        grads.max_pool_vjp_tiled(x, dy, (2, 2)), grads.max_pool_vjp_taps(x, dy, window=2)
+    )
 
 
 def test_max_pool_vjp_overlapping_windows_accumulate():
@@ -180,8 +182,11 @@ def test_cross_entropy_vjp_matches_jax_grad_and_sums_to_zero(smoothing):
 def test_custom_vjp_twins_route_jax_grad_through_the_rules():
     key = jax.random.key(3)
     kx, kw, kb = jax.random.split(key, 3)
-    x, w, b = [jax.random.normal(kx, (7, 6, 2)), jax.random.normal(kw, (3, 2, 2, 4)),
-               jax.random.normal(kb, (4,))]  # fmt: skip
+    x, w, b = [
+        jax.random.normal(kx, (7, 6, 2)),
+        jax.random.normal(kw, (3, 2, 2, 4)),
+        jax.random.normal(kb, (4,)),
+    ]
     dy = jax.random.normal(key, ops.conv2d(x, w, b, stride=2, padding="SAME").shape)
     twin = jax.grad(
         lambda x, w, b: jnp.vdot(dy, grads.conv2d(x, w, b, stride=2, padding="SAME")), (0, 1, 2)
@@ -218,41 +223,7 @@ def test_conv2d_vjp_vmapped_equals_a_loop_and_jit_equals_no_jit():
         np.testing.assert_allclose(got, want, rtol=F32_TOL, atol=F32_TOL)
 
 
-# --------------------------------------------------------------------------- whole network
-
-SPECS = [
-    (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE),
-    (
-        (
-            models.Conv(4, 3, stride=2, padding="SAME"),
-            models.ReLU(),
-            models.AvgPool(2, stride=1, padding=((1, 0), (0, 1)), count_include_pad=False),
-            models.Conv(5, (2, 3), padding=((1, 2), (0, 1))),
-            models.ReLU(),
-            models.MaxPool(3, stride=2, padding="SAME"),
-            models.Flatten(),
-            models.Dense(6),
-            models.ReLU(),
-            models.Dense(3),
-        ),
-        (11, 9, 2),
-    ),
-]
-
-
-@pytest.mark.parametrize(("spec", "shape"), SPECS)
-def test_value_and_grad_equals_jax_value_and_grad(spec, shape):
-    params = models.init(jax.random.key(0), spec, shape)
-    num_classes = models.output_shapes(spec, shape)[-1][0]
-    x = jax.random.normal(jax.random.key(1), (4, *shape))
-    labels = jnp.arange(4) % num_classes
-    want_loss, want = jax.value_and_grad(models.loss)(params, x, labels, spec)
-    got_loss, got = jax.jit(grads.value_and_grad, static_argnums=3)(params, x, labels, spec)
-    assert jax.tree.structure(got) == jax.tree.structure(want)
-    np.testing.assert_allclose(got_loss, want_loss, rtol=F32_TOL)
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        scale = float(jnp.max(jnp.abs(w))) + 1e-30
-        assert float(jnp.max(jnp.abs(g - w))) / scale < F32_TOL
+# --------------------------------------------------------------------------- errors and dtypes
 
 
 @pytest.mark.parametrize("include", [True, False])
@@ -275,35 +246,3 @@ def test_an_error_of_the_wrong_shape_is_named():
         grads.dense_vjp(jnp.zeros(2), jnp.zeros((2, 3)), jnp.zeros(2))
     with pytest.raises(ValueError, match=r"flatten output's shape \(72,\)"):
         grads.flatten_vjp(x, jnp.zeros(71))
-
-
-@pytest.mark.parametrize(
-    ("stride", "padding", "kernel_hw"),
-    [(1, "VALID", (3, 3)), (2, "SAME", (3, 3)), ((2, 1), ((1, 0), (2, 1)), (2, 4)),
-     (3, "VALID", (2, 2))],
-)  # fmt: skip
-def test_batch_kernel_grad_is_the_sum_of_the_per_example_ones(stride, padding, kernel_hw):
-    with jax.enable_x64(True):  # the same sums in another order: float64 leaves ~1e-15
-        x = jax.random.normal(jax.random.key(0), (5, 9, 8, 3), jnp.float64)
-        w = jax.random.normal(jax.random.key(1), (*kernel_hw, 3, 4), jnp.float64)
-        out = ops.conv2d_shape(x.shape[1:], w.shape, stride=stride, padding=padding)
-        dy = jax.random.normal(jax.random.key(2), (5, *out), jnp.float64)
-        per_example = jax.vmap(lambda a, d: grads.conv2d_vjp(a, w, d, stride=stride,
-                                                            padding=padding)[1])(x, dy)  # fmt: skip
-        got = grads.conv2d_kernel_grad_batch(x, dy, kernel_hw, stride=stride, padding=padding)
-        np.testing.assert_allclose(got, per_example.sum(0), rtol=F64_TOL, atol=F64_TOL)
-
-
-@pytest.mark.parametrize(("spec", "shape"), SPECS)
-def test_batch_backprop_equals_the_plain_vmapped_one(spec, shape):
-    with jax.enable_x64(True):
-        params = models.init(jax.random.key(0), spec, shape)
-        params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
-        num_classes = models.output_shapes(spec, shape)[-1][0]
-        x = jax.random.normal(jax.random.key(1), (6, *shape), jnp.float64)
-        labels = jnp.arange(6) % num_classes
-        kw = dict(static_argnums=3, static_argnames="label_smoothing")
-        fast = jax.jit(grads.backprop, **kw)(params, x, labels, spec, label_smoothing=0.1)
-        plain = jax.jit(grads.backprop_plain, **kw)(params, x, labels, spec, label_smoothing=0.1)
-        for f, p in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
-            np.testing.assert_allclose(f, p, rtol=1e-10, atol=F64_TOL)

@@ -77,9 +77,16 @@ def test_seed_stable_softmax_example(float_dtype):
 
 @pytest.mark.parametrize(
     ("p_true", "loss"),
-    [(0.99, 0.010), (0.90, 0.105), (0.80, 0.223), (0.50, 0.693), (0.20, 1.609), (0.10, 2.303),
-     (0.01, 4.605)],
-)  # fmt: skip
+    [
+        (0.99, 0.010),
+        (0.90, 0.105),
+        (0.80, 0.223),
+        (0.50, 0.693),
+        (0.20, 1.609),
+        (0.10, 2.303),
+        (0.01, 4.605),
+    ],
+)
 def test_seed_loss_table(float_dtype, p_true, loss):
     z = logits_from_probs([p_true, 1 - p_true], float_dtype)
     close(losses.cross_entropy(z, jnp.asarray(0)), loss, HALF_3DP)
@@ -204,8 +211,11 @@ def test_label_smoothing_matches_formula(float_dtype):
     smoothed = losses.cross_entropy(z, jnp.asarray(1), label_smoothing=0.2)
     close(smoothed, -np.sum(q * log_p), tol(float_dtype, 3))
     close(losses.target_distribution(z, jnp.asarray(1), 0.2), q, tol(float_dtype))
-    close(jax.grad(losses.cross_entropy)(z, jnp.asarray(1), label_smoothing=0.2),
-          np.exp(log_p) - q, tol(float_dtype))  # fmt: skip
+    close(
+        jax.grad(losses.cross_entropy)(z, jnp.asarray(1), label_smoothing=0.2),
+        np.exp(log_p) - q,
+        tol(float_dtype),
+    )
     # a = 1 is the uniform target; a = 0 is no smoothing; soft targets are smoothed too.
     uniform = losses.cross_entropy(z, jnp.asarray(1), label_smoothing=1.0)
     close(uniform, -np.mean(log_p), tol(float_dtype, 3))
@@ -294,8 +304,9 @@ def test_bce_label_shape_mismatch():
 
 
 def test_accuracy_with_int_and_one_hot_labels(float_dtype):
-    z = jnp.asarray([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 1.0]],
-                    float_dtype)  # fmt: skip
+    z = jnp.asarray(
+        [[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [0.0, 1.0, 5.0], [4.0, 0.0, 1.0]], float_dtype
+    )
     labels = jnp.asarray([0, 1, 2, 2])  # the last one is wrong
     assert float(losses.accuracy(z, labels)) == 0.75
     assert float(losses.accuracy(z, jax.nn.one_hot(labels, 3, dtype=float_dtype))) == 0.75

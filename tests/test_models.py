@@ -27,21 +27,40 @@ OTHER_SPECS = {
         (9, 7, 1),
     ),
     "avg_pool_padded": (
-        (Conv(3, (3, 2)), ReLU(), AvgPool(3, 2, ((1, 1), (0, 2)), count_include_pad=False),
-         Flatten(), Dense(4)),
+        (
+            Conv(3, (3, 2)),
+            ReLU(),
+            AvgPool(3, 2, ((1, 1), (0, 2)), count_include_pad=False),
+            Flatten(),
+            Dense(4),
+        ),
         (10, 9, 3),
     ),
     "deeper": (
-        (Conv(4, 3, padding="SAME"), ReLU(), Conv(4, 3, padding="SAME"), ReLU(), MaxPool(2),
-         Conv(6, 3, stride=(1, 2), padding=[[1, 0], [0, 1]]), ReLU(), MaxPool(2, 1, "SAME"),
-         AvgPool(2), Flatten(), Dense(8), ReLU(), Dense(8), ReLU(), Dense(2)),
+        (
+            Conv(4, 3, padding="SAME"),
+            ReLU(),
+            Conv(4, 3, padding="SAME"),
+            ReLU(),
+            MaxPool(2),
+            Conv(6, 3, stride=(1, 2), padding=[[1, 0], [0, 1]]),
+            ReLU(),
+            MaxPool(2, 1, "SAME"),
+            AvgPool(2),
+            Flatten(),
+            Dense(8),
+            ReLU(),
+            Dense(8),
+            ReLU(),
+            Dense(2),
+        ),
         (12, 12, 1),
     ),
     "pool_first_no_hidden_dense": (
         (MaxPool(3, 2, "SAME"), Conv(2, 1), Flatten(), Dense(3)),
         (7, 7, 2),
     ),
-}  # fmt: skip
+}
 
 
 # Jitted once per spec (a spec is hashable: a static argument), so each test compiles a few
@@ -49,8 +68,9 @@ OTHER_SPECS = {
 init = jax.jit(models.init, static_argnums=(1, 2, 3))
 apply = jax.jit(models.apply, static_argnums=2)
 batch_logits = jax.jit(models.batch_logits, static_argnums=2)
-per_example_losses = jax.jit(models.per_example_losses, static_argnums=3,
-                             static_argnames="label_smoothing")  # fmt: skip
+per_example_losses = jax.jit(
+    models.per_example_losses, static_argnums=3, static_argnames="label_smoothing"
+)
 loss = jax.jit(models.loss, static_argnums=3, static_argnames="label_smoothing")
 loss_grad = jax.jit(jax.grad(models.loss), static_argnums=3)
 per_example_grads = jax.jit(models.per_example_grads, static_argnums=3)
@@ -131,10 +151,13 @@ def test_reference_cnn_summary():
 
 @pytest.mark.parametrize(
     ("spec", "input_shape"),
-    [(models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE), (SMALL, SMALL_INPUT),
-     *OTHER_SPECS.values()],
+    [
+        (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE),
+        (SMALL, SMALL_INPUT),
+        *OTHER_SPECS.values(),
+    ],
     ids=["reference", "small", *OTHER_SPECS],
-)  # fmt: skip
+)
 def test_init_shapes_equal_apply_shapes(spec, input_shape, reference_params):
     if spec == models.REFERENCE_CNN:
         params = reference_params
@@ -170,8 +193,13 @@ def test_init_kernels_are_lecun_normal(reference_params):
 
 
 def test_explicit_layer_names():
-    spec = (Conv(2, 3, name="stem"), Conv(2, 3), ReLU(name="ignored"), Flatten(),
-            Dense(3, name="head"))  # fmt: skip
+    spec = (
+        Conv(2, 3, name="stem"),
+        Conv(2, 3),
+        ReLU(name="ignored"),
+        Flatten(),
+        Dense(3, name="head"),
+    )
     assert models.layer_names(spec) == ["stem", "conv2", None, None, "head"]
     params = jax.eval_shape(lambda key: models.init(key, spec, (6, 6, 1)), jax.random.key(0))
     assert set(params) == {"stem", "conv2", "head"}  # shapes only, nothing computed
@@ -218,8 +246,11 @@ def test_params_not_matching_the_spec():
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \['conv9'\]"):
         models.apply(extra, x, SMALL)
     renamed = {("stem" if k == "conv1" else k): v for k, v in params.items()}
-    with pytest.raises(ValueError, match=r"params do not match the spec: missing \['conv1'\], "
-                       r"unexpected \['stem'\]; build them with cnnjax.models.init"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"params do not match the spec: missing \['conv1'\], "
+        r"unexpected \['stem'\]; build them with cnnjax.models.init",
+    ):
         models.batch_logits(renamed, x[None], SMALL)
     other_input = models.init(jax.random.key(0), SMALL, (10, 10, 2))  # dense1 expects 64 features
     with pytest.raises(ValueError, match=r"x has 36 features .* kernel expects 64"):

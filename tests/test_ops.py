@@ -126,10 +126,11 @@ def test_conv_seed_vertical_edge_example():
     relu_expected = np.array([[765, 765, 0], [765, 765, 0], [510, 510, 0]], np.float32)
     np.testing.assert_array_equal(np.asarray(ops.relu(y)[..., 0]), relu_expected)
     np.testing.assert_array_equal(
-        conv_reference(SEED_IMAGE[..., None], VERTICAL_EDGE[..., None, None], None, (1, 1),
-                       ((0, 0), (0, 0)))[..., 0],
+        conv_reference(
+            SEED_IMAGE[..., None], VERTICAL_EDGE[..., None, None], None, (1, 1), ((0, 0), (0, 0))
+        )[..., 0],
         expected,
-    )  # fmt: skip
+    )
 
 
 def test_conv_is_cross_correlation_not_flipped_convolution():
@@ -151,16 +152,18 @@ def test_conv_stride_2_by_hand():
 
 def test_conv_same_padding_by_hand():
     # All-ones 3x3 image and kernel: each output counts the real pixels under the window.
-    y = ops.conv2d(np.ones((3, 3, 1), np.float32), np.ones((3, 3, 1, 1), np.float32),
-                   padding="SAME")  # fmt: skip
+    y = ops.conv2d(
+        np.ones((3, 3, 1), np.float32), np.ones((3, 3, 1, 1), np.float32), padding="SAME"
+    )
     np.testing.assert_array_equal(np.asarray(y[..., 0]), [[4, 6, 4], [6, 9, 6], [4, 6, 4]])
 
 
 def test_conv_same_puts_the_odd_padding_row_at_the_bottom_right():
     # 5 rows, window 2, stride 2 -> 3 outputs need 1 padding row: lax/Flax put it at the bottom.
     # Split the other way (top/left) this would be [[1, 2, 2], [2, 4, 4], [2, 4, 4]].
-    y = ops.conv2d(np.ones((5, 5, 1), np.float32), np.ones((2, 2, 1, 1), np.float32), stride=2,
-                   padding="SAME")  # fmt: skip
+    y = ops.conv2d(
+        np.ones((5, 5, 1), np.float32), np.ones((2, 2, 1, 1), np.float32), stride=2, padding="SAME"
+    )
     np.testing.assert_array_equal(np.asarray(y[..., 0]), [[4, 4, 2], [4, 4, 2], [2, 2, 1]])
 
 
@@ -230,8 +233,13 @@ def test_conv_matches_loop_reference_property(dtype, case, out_channels, use_bia
     with jax.enable_x64(dtype == "float64"):
         x, w = x.astype(dtype), w.astype(dtype)
         b = None if b is None else b.astype(dtype)
-        y = ops.conv2d(jnp.asarray(x), jnp.asarray(w), None if b is None else jnp.asarray(b),
-                       stride=stride, padding=padding)  # fmt: skip
+        y = ops.conv2d(
+            jnp.asarray(x),
+            jnp.asarray(w),
+            None if b is None else jnp.asarray(b),
+            stride=stride,
+            padding=padding,
+        )
         assert y.dtype == np.dtype(dtype)
     expected = conv_reference(x, w, b, ops.as_pair(stride, "stride"), pads)
     assert y.shape == expected.shape
@@ -257,8 +265,9 @@ def test_conv_same_matches_lax_same(size, kernel, stride):
     x = random_array(3, (size, size + 1, 2)).astype(np.float32)
     w = random_array(4, (kernel, kernel, 2, 3)).astype(np.float32)
     y = ops.conv2d(x, w, stride=stride, padding="SAME")
-    y_lax = lax.conv_general_dilated(x[None], w, (stride, stride), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]  # fmt: skip
+    y_lax = lax.conv_general_dilated(
+        x[None], w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
     np.testing.assert_allclose(np.asarray(y), np.asarray(y_lax), rtol=JIT_RTOL, atol=0)
 
 
@@ -338,8 +347,8 @@ def test_float32_stays_float32_with_x64_enabled():
             y = ops.avg_pool(x, 2, 1, "SAME", count_include_pad=count_include_pad)
             assert y.dtype == np.float32
         assert ops.max_pool(x, 2, 1, "SAME").dtype == np.float32
-        assert ops.conv2d(x, np.ones((2, 2, 2, 1), np.float32), np.ones(1, np.float32),
-                          padding="SAME").dtype == np.float32  # fmt: skip
+        w, b = np.ones((2, 2, 2, 1), np.float32), np.ones(1, np.float32)
+        assert ops.conv2d(x, w, b, padding="SAME").dtype == np.float32
         assert ops.relu(x).dtype == ops.flatten(x).dtype == np.float32
 
 
@@ -366,8 +375,9 @@ def test_pools_match_loop_reference_property(dtype, case, count_include_pad):
     stride_hw = window if stride is None else stride
     with jax.enable_x64(dtype == "float64"):
         y_max = ops.max_pool(jnp.asarray(x), window, stride, padding)
-        y_avg = ops.avg_pool(jnp.asarray(x), window, stride, padding,
-                             count_include_pad=count_include_pad)  # fmt: skip
+        y_avg = ops.avg_pool(
+            jnp.asarray(x), window, stride, padding, count_include_pad=count_include_pad
+        )
         assert y_max.dtype == y_avg.dtype == np.dtype(dtype)
     expected_max = pool_reference(x, window, stride_hw, pads, "max")
     expected_avg = pool_reference(x, window, stride_hw, pads, "avg", count_include_pad)
@@ -382,9 +392,10 @@ def test_pool_jit_equals_no_jit_and_vmap_equals_loop():
     x_NHWC = random_array(12, (3, 5, 6, 2)).astype(np.float32)
     for pool in (
         functools.partial(ops.max_pool, window=3, stride=2, padding="SAME"),
-        functools.partial(ops.avg_pool, window=2, stride=1, padding=((1, 0), (0, 1)),
-                          count_include_pad=False),
-    ):  # fmt: skip
+        functools.partial(
+            ops.avg_pool, window=2, stride=1, padding=((1, 0), (0, 1)), count_include_pad=False
+        ),
+    ):
         looped = np.stack([np.asarray(pool(x)) for x in x_NHWC])
         np.testing.assert_allclose(np.asarray(jax.vmap(pool)(x_NHWC)), looped, rtol=JIT_RTOL)
         np.testing.assert_allclose(np.asarray(jax.jit(pool)(x_NHWC[0])), looped[0], rtol=JIT_RTOL)
@@ -442,18 +453,24 @@ W = np.zeros((3, 3, 3, 2), np.float32)
 @pytest.mark.parametrize(
     ("call", "pattern"),
     [
-        (lambda: ops.conv2d(X[..., 0], W),
-         r"x must have rank 3 \(H, W, C, one example; vmap for a batch\), got shape \(5, 5\)"),
+        (
+            lambda: ops.conv2d(X[..., 0], W),
+            r"x must have rank 3 \(H, W, C, one example; vmap for a batch\), got shape \(5, 5\)",
+        ),
         (lambda: ops.conv2d(X[None], W), r"x must have rank 3 .*got shape \(1, 5, 5, 3\)"),
-        (lambda: ops.conv2d(X, W[..., 0]),
-         r"kernel must have rank 4 \(H, W, I, O.*got shape \(3, 3, 3\)"),
+        (
+            lambda: ops.conv2d(X, W[..., 0]),
+            r"kernel must have rank 4 \(H, W, I, O.*got shape \(3, 3, 3\)",
+        ),
         (lambda: ops.max_pool(X[0], 2), r"x must have rank 3 \(H, W, C.*got shape \(5, 3\)"),
         (lambda: ops.avg_pool(X[None], 2), r"x must have rank 3 .*got shape \(1, 5, 5, 3\)"),
         (lambda: ops.dense(X, W[0, 0]), r"x must have rank 1 \(I, .*got shape \(5, 5, 3\)"),
-        (lambda: ops.dense(X[0, 0], W[0]),
-         r"kernel must have rank 2 \(I, O.*got shape \(3, 3, 2\)"),
+        (
+            lambda: ops.dense(X[0, 0], W[0]),
+            r"kernel must have rank 2 \(I, O.*got shape \(3, 3, 2\)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_wrong_rank_names_argument_shape_and_layout(call, pattern):
     with pytest.raises(ValueError, match=pattern):
         call()

@@ -1,6 +1,6 @@
-"""Data parallel training: meshes and shardings here (one device); in a subprocess with 4 CPU
-devices (--xla_force_host_platform_device_count=4, which must be set before jax starts), steps
-and a short run equal one device's within a float tolerance; two processes on localhost train
+"""cnnjax.parallel: data parallel training; meshes and shardings here (one device); in a subprocess
+with 4 CPU devices (--xla_force_host_platform_device_count=4, which must be set before jax starts),
+steps and a short run equal one device's within a float tolerance; two processes on localhost train
 one run together and end with one process's params.
 
 This file is also the 4-device worker: `python -m tests.test_parallel DATA_DIRS WORKDIR` runs
@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from cnnjax import feed, parallel, population, report, run, train
-from tests import test_population, test_run
-from tests.test_run import REPO, config_for
-from tests.test_train import SMALL_SPEC, small_config, synthetic
-
-dataset = test_run.dataset  # a fixture: generated IDX files, prepared with TFDS
+from cnnjax import parallel
+from cnnjax.output import jsonl
+from cnnjax.sweeps import population
+from cnnjax.training import RunError, feed, run, train
+from tests.builders import REPO, SMALL_SPEC, config_for, member_configs, small_config, synthetic
 
 # Params after N devices' steps vs one device's, as max|a - b| / max|b| per leaf. Each step's
 # gradient is a batch mean that N devices sum in another order (N partial sums, then an
@@ -42,8 +41,10 @@ CPU = {"JAX_PLATFORMS": "cpu"}  # the subprocesses' devices, wherever the tests 
 
 def _max_rel_diff(tree, reference) -> float:
     pairs = zip(jax.tree.leaves(tree), jax.tree.leaves(reference), strict=True)
-    return max(float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
-               for a, b in pairs)  # fmt: skip
+    return max(
+        float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+        for a, b in pairs
+    )
 
 
 def _final_params(workdir):
@@ -144,15 +145,16 @@ def _steps_on(devices, config, feed_class=None, steps=8, placement="device"):
 
 
 def _population_on(devices, layout, steps=4, placement="device"):
-    """Members' params after `steps` steps of a 2-member population (cnnjax.population) whose
+    """Members' params after `steps` steps of a 2-member population (cnnjax.sweeps.population) whose
     batches are split over a mesh of `devices`, as a sweep runs them."""
-    configs = test_population.member_configs()[:2]
+    configs = member_configs()[:2]
     batch = configs[0].train.batch_size
     images, labels = synthetic(n=steps * batch)
     mesh = parallel.make_mesh(devices)
     data = feed.make(placement, (images, labels), mesh)
-    pop = parallel.put_replicated(population.init(configs, SMALL_SPEC, images.shape[1:], steps),
-                                  mesh)  # fmt: skip
+    pop = parallel.put_replicated(
+        population.init(configs, SMALL_SPEC, images.shape[1:], steps), mesh
+    )
     step = population.make_step(SMALL_SPEC, configs[0], steps, layout, data)
     idx_MSB = np.asarray(population.epoch_indices(pop, 0, images.shape[0], batch))
     for batch_M in data.batches(idx_MSB.transpose(1, 0, 2), axis=1):
@@ -164,10 +166,13 @@ def four_devices(source_dir, tfds_dir, workdir) -> dict:
     """The 4-device half: steps and a short run on 4 devices, and a refused batch of 30."""
     assert jax.device_count() == 4, jax.devices()
     out, one_device = {}, {}
-    cases = {"hand": (small_config("hand"), "device"), "autodiff": (small_config(), "device"),
-             "scan": (small_config("hand", scan="yes"), "device"),
-             "hand_host": (small_config("hand"), "host"),
-             "scan_host": (small_config("hand", scan="yes"), "host")}  # fmt: skip
+    cases = {
+        "hand": (small_config("hand"), "device"),
+        "autodiff": (small_config(), "device"),
+        "scan": (small_config("hand", scan="yes"), "device"),
+        "hand_host": (small_config("hand"), "host"),
+        "scan_host": (small_config("hand", scan="yes"), "host"),
+    }
     for name, (config, placement) in cases.items():
         one_device[name], _, _ = _steps_on(jax.devices()[:1], config)
         four, replicated, mesh = _steps_on(jax.devices(), config, placement=placement)
@@ -186,7 +191,7 @@ def four_devices(source_dir, tfds_dir, workdir) -> dict:
     out["summary"] = run.fit(config_for((source_dir, tfds_dir), epochs=1), workdir)
     try:
         run.fit(config_for((source_dir, tfds_dir), epochs=1, batch_size=30), f"{workdir}_30")
-    except run.RunError as error:
+    except RunError as error:
         out["batch_30"] = str(error)
     out["batch_30_wrote"] = os.path.exists(f"{workdir}_30")
     return out
@@ -204,8 +209,14 @@ def one_device_run(dataset, tmp_path_factory):
 def test_four_devices_train_like_one(dataset, one_device_run, tmp_path):
     worker = ["-m", "tests.test_parallel", *map(str, dataset), str(tmp_path / "run")]
     env = {**os.environ, **CPU, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    done = subprocess.run([sys.executable, *worker], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=WORKER_TIMEOUT_S)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, *worker],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=WORKER_TIMEOUT_S,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     steps = ("hand", "autodiff", "scan", "hand_host", "scan_host")  # "_host": streamed batches
@@ -220,8 +231,10 @@ def test_four_devices_train_like_one(dataset, one_device_run, tmp_path):
     assert out["planted_rel_diff"] > 100 * PARAMS_RTOL  # the tolerance sees a real fault
     rel_diff = _max_rel_diff(_final_params(tmp_path / "run"), _final_params(one_device_run))
     print(f"1 vs 4 devices, populations: {[f'{out[n]:.2e}' for n in populations]}")
-    print(f"1 vs 4 devices, steps: {[out[n]['rel_diff'] for n in steps]}, "
-          f"one epoch: {rel_diff:.2e}, planted fault: {out['planted_rel_diff']:.2e}")  # fmt: skip
+    print(
+        f"1 vs 4 devices, steps: {[out[n]['rel_diff'] for n in steps]}, "
+        f"one epoch: {rel_diff:.2e}, planted fault: {out['planted_rel_diff']:.2e}"
+    )
     assert rel_diff <= PARAMS_RTOL
     summary = json.loads((one_device_run / "summary.json").read_text())
     assert out["summary"]["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=0.01)
@@ -241,14 +254,31 @@ def _free_port() -> int:
 def _train_together(dataset, workdir, *extra):
     """`python -m experiments.train` as two processes of one run; their outputs."""
     coordinator = f"localhost:{_free_port()}"
-    command = [sys.executable, "-m", "experiments.train", "--config=configs/smoke.py",
-               f"--workdir={workdir}", f"--config.data.source_dir={dataset[0]}",
-               f"--config.data.tfds_dir={dataset[1]}", "--config.data.name=mnist",
-               "--config.data.flip=False", "--config.train.epochs=1", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=configs/smoke.py",
+        f"--workdir={workdir}",
+        f"--config.data.source_dir={dataset[0]}",
+        f"--config.data.tfds_dir={dataset[1]}",
+        "--config.data.name=mnist",
+        "--config.data.flip=False",
+        "--config.train.epochs=1",
+        *extra,
+    ]
     env = {**os.environ, **CPU, "CNNJAX_COORDINATOR": coordinator, "CNNJAX_NUM_PROCESSES": "2"}
-    workers = [subprocess.Popen([*command, f"--process_id={i}"], cwd=REPO, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-               for i in range(2)]  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [*command, f"--process_id={i}"],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(2)
+    ]
     try:
         outputs = [w.communicate(timeout=WORKER_TIMEOUT_S)[0] for w in workers]
     finally:
@@ -264,7 +294,7 @@ def test_two_processes_train_one_run_together_like_one(dataset, one_device_run, 
     first, second = _train_together(dataset, workdir)
     assert "process 0 of 2: 1 of 2 cpu devices" in first and "params_hash" in first
     assert "process 1 of 2: 1 of 2 cpu devices" in second and "params_hash" not in second
-    steps = [r for r in report.read_metrics(workdir / "metrics.jsonl") if r["kind"] == "step"]
+    steps = [r for r in jsonl.read_metrics(workdir / "metrics.jsonl") if r["kind"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, 33))  # one writer: process 0
     rel_diff = _max_rel_diff(_final_params(workdir), _final_params(one_device_run))
     print(f"1 vs 2 processes: {rel_diff:.2e}")

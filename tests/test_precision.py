@@ -1,6 +1,7 @@
-"""The precision policy: every dot and convolution that the gradient checks and the Flax parity
-compile is HIGHEST, seen in the programs XLA receives (dumped by a fresh process), so that their
-float32 tolerances mean float32 arithmetic on GPUs (TF32 by default) and TPUs (bfloat16)."""
+"""cnnjax.ops.highest_precision, the precision policy: every dot and convolution that the gradient
+checks and the Flax parity compile is HIGHEST, seen in the programs XLA receives (dumped by a fresh
+process), so that their float32 tolerances mean float32 arithmetic on GPUs (TF32 by default) and
+TPUs (bfloat16)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_run import REPO
+from tests.builders import REPO
 
 # The checks, small, then a control compiled outside the policy: its dot must show up as not
 # HIGHEST, or the parsing below could pass by seeing nothing.
@@ -39,8 +40,10 @@ def _precision_by_module(dump_dir) -> dict[str, list[tuple[str, bool]]]:
     for name in sorted(os.listdir(dump_dir)):
         if name.endswith(".before_optimizations.txt"):
             text = (dump_dir / name).read_text()
-            ops = [(m.group(1), "operand_precision={highest,highest}" in m.group(0))
-                   for m in INSTRUCTION.finditer(text)]  # fmt: skip
+            ops = [
+                (m.group(1), "operand_precision={highest,highest}" in m.group(0))
+                for m in INSTRUCTION.finditer(text)
+            ]
             if ops:
                 found[name.removesuffix(".before_optimizations.txt")] = ops
     return found
@@ -48,10 +51,16 @@ def _precision_by_module(dump_dir) -> dict[str, list[tuple[str, bool]]]:
 
 @pytest.mark.slow
 def test_every_dot_and_convolution_of_the_checks_is_highest(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                                      f"--xla_dump_to={tmp_path}"}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={tmp_path}"}
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     found = _precision_by_module(tmp_path)
     control = [m for m in found if "control_outside_policy" in m]

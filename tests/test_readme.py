@@ -1,4 +1,4 @@
-"""README's Python examples run as written (in one namespace, top to bottom)."""
+"""README.md: its Python examples run as written (in one namespace, top to bottom)."""
 
 import pathlib
 import re

@@ -48,16 +48,20 @@ PROBE = textwrap.dedent("""
 
 def _probe(mode: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                          env=env, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, env=env, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
 def test_tune_puts_convolutions_on_xla_kernels_and_keeps_freed_memory():
     tuned, untuned = _probe("tune"), _probe("plain")
-    assert tuned["settings"] == {"platform": "cpu", "xla_cpu_flag": "set",
-                                 "keep_freed_memory": "set"}  # fmt: skip
+    assert tuned["settings"] == {
+        "platform": "cpu",
+        "xla_cpu_flag": "set",
+        "keep_freed_memory": "set",
+    }
     # The untuned process is the control: jaxlib >= 0.10 gives the convolution to YNNPACK, and
     # each block comes from fresh mmap pages (20,480 faults of 4 KiB each per round).
     assert untuned["ynn_fusion"] and not untuned["eigen_conv"]
@@ -77,8 +81,14 @@ def test_xla_knows_agrees_with_a_process_started_with_the_flag(flag):
         "XLA_FLAGS": flag,
         "JAX_PLATFORMS": "cpu",
     }
-    done = subprocess.run([sys.executable, "-c", STARTS], capture_output=True, text=True,
-                          env=env, check=False, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", STARTS],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     assert runtime.xla_knows(flag) == (done.returncode == 0), done.stderr[-500:]
     if not runtime.xla_knows(flag):  # the control: XLA aborts on a flag it does not know
         assert done.returncode != 0 and "xla_cpu_no_such_flag" in done.stderr

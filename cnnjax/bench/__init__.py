@@ -1,0 +1,1 @@
+"""Measurement: speed against peers, sweep layouts, per-op profiles, the accelerator check."""

@@ -1,0 +1,1 @@
+"""Output: metrics files (jsonl), tables, progress bars, plots."""

@@ -1,0 +1,1 @@
+"""Many runs: sweep grids, populations trained as one program, results over settings."""

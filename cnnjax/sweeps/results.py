@@ -1,0 +1,105 @@
+"""Sweep results: per-setting mean +- std over seeds, the best setting, the table and plots.
+
+A results row is one member's outcome (see cnnjax.sweeps.sweep): its "member" index, "overrides"
+({field: value}, the seed included), "test_accuracy", "test_loss" and "diverged_at" (None, or
+the step whose update was not finite). A setting is the overrides without the seed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnjax.output import tables
+
+
+def _setting(overrides: dict) -> tuple:
+    return tuple((k, v) for k, v in overrides.items() if k != "seed")
+
+
+def settings_summary(results: list[dict]) -> list[dict]:
+    """One dict per setting (the overrides but the seed), in sweep order: its members, how many
+    diverged, and mean / std (ddof 1; 0 for one member) of test accuracy and loss over the
+    members that did not diverge."""
+    by_setting: dict[tuple, list[dict]] = {}
+    for row in sorted(results, key=lambda r: r["member"]):
+        by_setting.setdefault(_setting(row["overrides"]), []).append(row)
+    summary = []
+    for setting, rows in by_setting.items():
+        healthy = [r for r in rows if r["diverged_at"] is None]
+        stats = {}
+        for name in ("test_accuracy", "test_loss"):
+            values = np.array([r[name] for r in healthy], np.float64)
+            stats[name] = (
+                float(values.mean()) if len(values) else float("nan"),
+                float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+            )
+        summary.append(
+            dict(
+                setting=dict(setting), members=len(rows), diverged=len(rows) - len(healthy), **stats
+            )
+        )
+    return summary
+
+
+def best_setting(summary: list[dict]) -> int | None:
+    """Index of the setting with the highest mean test accuracy (None if all diverged)."""
+    scores = [s["test_accuracy"][0] for s in summary]
+    finite = [i for i, v in enumerate(scores) if np.isfinite(v)]
+    return max(finite, key=lambda i: scores[i]) if finite else None
+
+
+def settings_table(summary: list[dict]) -> str:
+    """The summary as text: a row per setting, the best marked with *."""
+    fields = list(summary[0]["setting"]) if summary else []
+    best = best_setting(summary)
+    rows = []
+    for i, s in enumerate(summary):
+        acc, loss = s["test_accuracy"], s["test_loss"]
+        rows.append(
+            [
+                *(
+                    f"{s['setting'][f]:g}"
+                    if isinstance(s["setting"][f], float)
+                    else str(s["setting"][f])
+                    for f in fields
+                ),
+                f"{s['members'] - s['diverged']}/{s['members']}",
+                f"{100 * acc[0]:.2f} ± {100 * acc[1]:.2f}",
+                f"{loss[0]:.4f} ± {loss[1]:.4f}",
+                "*" if i == best else "",
+            ]
+        )
+    header = [*fields, "runs ok", "test accuracy %", "test loss", "best"]
+    return tables.format_table(header, rows, right=range(len(fields), len(fields) + 3))
+
+
+def write_report(directory: Path, results: list[dict]) -> str:
+    """table.txt (settings_table) and, for one swept number, accuracy_vs_<field>.png (mean and
+    min-max band over seeds), or for two, accuracy_heatmap.png. Returns the table."""
+    from cnnjax.output import plots  # matplotlib only where a report is drawn
+
+    summary = settings_summary(results)
+    table = settings_table(summary)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / "table.txt").write_text(table + "\n")
+    fields = list(summary[0]["setting"]) if summary else []
+    numeric = all(isinstance(s["setting"][f], (int, float)) for s in summary for f in fields)
+    if len(fields) == 1 and numeric:
+        by_x: dict[float, list[float]] = {}
+        for row in results:
+            if row["diverged_at"] is None:
+                by_x.setdefault(row["overrides"][fields[0]], []).append(row["test_accuracy"])
+        name = fields[0].split(".")[-1]
+        plots.plot_sweep_line(by_x, Path(directory) / f"accuracy_vs_{name}.png", fields[0])
+    elif len(fields) == 2:
+        xs = list(dict.fromkeys(s["setting"][fields[0]] for s in summary))
+        ys = list(dict.fromkeys(s["setting"][fields[1]] for s in summary))
+        grid = np.full((len(ys), len(xs)), np.nan)
+        for s in summary:
+            grid[ys.index(s["setting"][fields[1]]), xs.index(s["setting"][fields[0]])] = s[
+                "test_accuracy"
+            ][0]
+        plots.plot_sweep_heatmap(grid, xs, ys, Path(directory) / "accuracy_heatmap.png", *fields)
+    return table

@@ -1,0 +1,217 @@
+"""Running a sweep (cnnjax.sweeps.grid has its members): populations (one program each) in
+memory-sized chunks, a results row per finished member, the table over settings; and merging
+the results of a sweep's shards.
+
+A sweep directory holds sweep.json (the base config, the axes, the shard), plan.json (members
+per population), populations/<p>/ (population.fit's metrics and checkpoints) and
+results.jsonl (a line per finished member); `merge` assembles the shards' results.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from cnnjax import models, parallel
+from cnnjax.output import jsonl
+from cnnjax.sweeps import grid, population, results
+from cnnjax.sweeps.grid import SweepError
+from cnnjax.training import RunError, checkpoints, run, settings, workdir
+
+
+def _claim(directory: Path, description: dict, resume: bool) -> None:
+    """Start the sweep directory with sweep.json (the description), or check that resuming
+    continues it (cnnjax.training.workdir)."""
+    try:
+        workdir.claim(
+            directory,
+            description,
+            resume=resume,
+            name="sweep.json",
+            kind="sweep",
+            same="config, sweep and --shard",
+        )
+    except RunError as error:
+        raise SweepError(str(error)) from None
+
+
+def _check_member(config, mesh) -> None:
+    try:
+        settings.check(config, mesh)
+    except RunError as error:
+        raise SweepError(str(error)) from None
+
+
+def plan(configs: dict, loaded: dict, options: dict) -> list[list[int]]:
+    """Members (by index) of each population: one program's members, in chunks that fit in
+    memory (config.sweep.memory_budget_mib, 0: half the free device memory) and at most
+    config.sweep.max_members (0: no cap); with the "sequential" layout, one member each.
+    `options`: grid.sweep_settings; `loaded`: each data config's feeds (_load)."""
+    groups: dict[str, list[int]] = {}
+    for index, config in configs.items():
+        groups.setdefault(grid.program_key(config), []).append(index)
+    if population.resolve_layout(options["layout"]) == "sequential":
+        return [[m] for members in groups.values() for m in members]
+    budget = options["memory_budget_mib"] * 2**20 or population.available_bytes() // 2
+    populations = []
+    for members in groups.values():
+        config = configs[members[0]]
+        train_feed = loaded[_data_key(config)][0]
+        steps = len(train_feed.split[1]) // config.train.batch_size
+        spec = models.SPECS[config.model.spec]
+        per_member = population.member_bytes(spec, config, steps, train_feed)
+        size = population.members_per_program(per_member, budget, options["max_members"])
+        populations += population.chunks(members, size)
+    return populations
+
+
+def _data_key(config) -> str:
+    return json.dumps(config.data.to_dict(), sort_keys=True)
+
+
+def _load(configs: dict, mesh) -> dict:
+    """(train feed, test feed) of every data config the members use, loaded once each."""
+    loaded = {}
+    for member in configs.values():
+        if _data_key(member) not in loaded:
+            loaded[_data_key(member)] = run.make_feeds(member, run.load_splits(member), mesh)
+    return loaded
+
+
+def _planned(directory: Path, configs: dict, loaded: dict, options: dict) -> list[list[int]]:
+    """plan.json's populations; planned (and written) on the sweep's first start only, so a
+    resumed sweep keeps its populations whatever memory is free now."""
+    path = directory / "plan.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    populations = plan(configs, loaded, options)
+    path.write_text(json.dumps(populations) + "\n")
+    return populations
+
+
+def fit(config, axes, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[dict]:
+    """Run this shard's members of the sweep `axes` over `config` in sweep_dir (see the module
+    docstring); returns its results rows (a dict per member). With one shard, also writes the
+    table and plot (results.write_report)."""
+    overrides = grid.expand(config, axes)  # every error about the sweep comes before any work
+    options = grid.sweep_settings(config)
+    layout = population.resolve_layout(options["layout"])
+    mine = grid.shard_members(len(overrides), shard)
+    configs = {m: grid.member_config(config, overrides[m]) for m in mine}
+    mesh = parallel.make_mesh(jax.local_devices())  # one process; across hosts, use --shard
+    for member in configs.values():
+        _check_member(member, mesh)
+    directory = grid.shard_dir(sweep_dir, shard)
+    description = dict(
+        fingerprint=grid.fingerprint(config, axes),
+        shard=list(shard),
+        layout=layout,
+        config=json.loads(config.to_json_best_effort()),
+        axes=axes,
+    )
+    _claim(directory, description, resume)
+    loaded = _load(configs, mesh)
+    populations = _planned(directory, configs, loaded, options)
+    results_path = directory / "results.jsonl"
+    done = {row["member"] for row in _read(results_path)}
+    for p, members in enumerate(populations):
+        if set(members) <= done:
+            continue
+        rows = _fit_population(
+            p, len(populations), members, configs, overrides, loaded, directory, layout, resume
+        )
+        with jsonl.MetricsWriter(results_path) as writer:
+            for row in rows:
+                writer.write(row)
+    finished = _read(results_path)
+    if shard[1] == 1:
+        results.write_report(directory, finished)
+    return finished
+
+
+def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume):
+    configs_p = [configs[m] for m in members]
+    first = configs_p[0]
+    feeds = loaded[_data_key(first)]
+    pdir = directory / "populations" / str(p)
+    pop = population.fit(
+        configs_p,
+        members,
+        pdir,
+        models.SPECS[first.model.spec],
+        feeds,
+        layout=layout,
+        resume=resume and pdir.exists(),
+        label=f"population {p + 1}/{count} ({len(members)} members)",
+    )
+    epochs = jsonl.read_metrics(pdir / "metrics.jsonl", "epoch")
+    last = {r["member"]: r for r in epochs if r["epoch"] == first.train.epochs}
+    seconds = sum(r["seconds"] for r in epochs if r["member"] == members[0])
+    rows = []
+    for k, m in enumerate(members):
+        end = last[m]
+        rows.append(
+            dict(
+                kind="member",
+                step=end["step"],
+                member=m,
+                overrides=overrides[m],
+                population=p,
+                members_in_population=len(members),
+                test_accuracy=end["test_accuracy"],
+                test_loss=end["test_loss"],
+                train_loss=end["train_loss"],
+                diverged_at=int(pop.diverged_at[k]) or None,
+                population_seconds=seconds,
+                params_hash=checkpoints.params_hash(population.member(pop, k).state.params),
+            )
+        )
+    return rows
+
+
+def _read(path: Path) -> list[dict]:
+    return jsonl.read_metrics(path, "member") if path.exists() else []
+
+
+# ------------------------------------------------------------------------------ merging
+
+
+def merge(sweep_dir) -> list[dict]:
+    """Assemble the results of DIR/shard-*-of-n into DIR/results.jsonl, table and plot; an
+    error names any shard that is missing, unfinished or from another sweep."""
+    sweep_dir = Path(sweep_dir)
+    shards = sorted(sweep_dir.glob("shard-*-of-*"))
+    if not shards:
+        raise SweepError(f"{sweep_dir} has no shard-i-of-n directories to merge")
+    counts = {int(p.name.split("-")[-1]) for p in shards}
+    if len(counts) != 1:
+        raise SweepError(f"{sweep_dir} mixes shard counts {sorted(counts)}; keep one sweep per DIR")
+    n = counts.pop()
+    descriptions = {}
+    for i in range(n):
+        path = grid.shard_dir(sweep_dir, (i, n)) / "sweep.json"
+        if not path.exists():
+            raise SweepError(f"shard {i}/{n} has not started: run it with --shard {i}/{n}")
+        descriptions[i] = json.loads(path.read_text())
+    if len({d["fingerprint"] for d in descriptions.values()}) != 1:
+        raise SweepError(f"the shards in {sweep_dir} come from different sweeps (config or axes)")
+    total = len(
+        grid.expand(ml_collections.ConfigDict(descriptions[0]["config"]), descriptions[0]["axes"])
+    )
+    merged = []
+    for i in range(n):
+        rows = _read(grid.shard_dir(sweep_dir, (i, n)) / "results.jsonl")
+        expected = len(grid.shard_members(total, (i, n)))
+        if len(rows) != expected:
+            raise SweepError(
+                f"shard {i}/{n} has finished {len(rows)} of its {expected} members; "
+                f"continue it with --shard {i}/{n} --resume"
+            )
+        merged += rows
+    merged.sort(key=lambda r: r["member"])
+    (sweep_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    results.write_report(sweep_dir, merged)
+    return merged

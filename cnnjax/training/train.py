@@ -1,0 +1,312 @@
+"""Training: TrainState, the jitted train step and the steps of an epoch (a loop over it, or one
+lax.scan), the optimizer from plain numbers (Optim), and evaluation.
+
+Legend: images_NHWC a whole uint8 split, labels_N int32, x_BHWC one batch (uint8 as it arrives,
+float32 in [0, 1] inside the step), idx_SB the example indices of S steps of B examples; batches
+reach the devices through a feed (cnnjax.training.feed). Randomness: one root key from config.seed,
+split by purpose (init, data, augment); epoch e shuffles with fold_in(data_key, e), step t
+augments with fold_in(aug_key, t), so a run resumed from a checkpoint draws exactly the numbers
+the uninterrupted run drew.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cnnjax import backprop, grads, losses, models
+
+GRADIENTS = ("autodiff", "hand", "custom_vjp")  # jax.grad; manual backprop; jax.grad via twins
+SCHEDULES = ("constant", "step", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # what the layers compute in (params stay float32)
+SCANS = ("auto", "yes", "no")  # config.train.scan: a lax.scan over each chunk of steps
+
+
+class Optim(NamedTuple):
+    """The optimizer's plain numbers (config.optim's fields; a config.optim section has the same
+    attributes and may be passed wherever an Optim is). learning_rate, momentum and weight_decay
+    may be traced scalars: one population member's own values (cnnjax.sweeps.population)."""
+
+    learning_rate: float  # peak, after warm-up
+    momentum: float = 0.0  # 0: plain SGD
+    nesterov: bool = False
+    weight_decay: float = 0.0  # L2: wd * params added to the gradient
+    schedule: str = "constant"  # one of SCHEDULES
+    warmup_epochs: float = 0.0  # linear warm-up from 0
+    decay_epochs: tuple = ()  # "step" schedule: where the rate is multiplied ...
+    decay_factor: float = 0.1  # ... by this
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: optax.OptState
+    step: jax.Array  # int32: optimizer steps taken
+    data_key: jax.Array  # raw uint32 key data (jax.random.key_data): shuffling
+    aug_key: jax.Array  # raw uint32 key data: augmentation
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def learning_rate_schedule(optim: Optim, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    """optim.schedule: "constant", "step" (times optim.decay_factor at each of
+    optim.decay_epochs) or "cosine" (to 0 at the last step); after optim.warmup_epochs of
+    linear warm-up from 0."""
+    base, total = optim.learning_rate, epochs * steps_per_epoch
+    warmup = int(optim.warmup_epochs * steps_per_epoch)
+    if optim.schedule == "constant":
+        main = optax.constant_schedule(base)
+    elif optim.schedule == "step":
+        boundaries = {
+            int(e * steps_per_epoch) - warmup: optim.decay_factor for e in optim.decay_epochs
+        }
+        main = optax.piecewise_constant_schedule(base, boundaries)
+    elif optim.schedule == "cosine":
+        main = optax.cosine_decay_schedule(base, max(total - warmup, 1))
+    else:
+        raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+
+
+def make_optimizer(optim: Optim, steps_per_epoch: int, epochs: int) -> optax.GradientTransformation:
+    """SGD with (Nesterov) momentum; weight decay adds wd * params to the gradient (L2). A traced
+    momentum of 0 keeps its (zero-weighted) buffer: the same numbers as plain SGD."""
+    schedule = learning_rate_schedule(optim, steps_per_epoch, epochs)
+    momentum = optim.momentum
+    if isinstance(momentum, (int, float)) and momentum == 0:
+        momentum = None  # no momentum buffer in the optimizer state
+    return optax.chain(
+        optax.add_decayed_weights(optim.weight_decay),
+        optax.sgd(schedule, momentum=momentum, nesterov=optim.nesterov),
+    )
+
+
+# --------------------------------------------------------------------------- state and steps
+
+
+def init_state(seed: int, spec, input_shape, optimizer) -> TrainState:
+    init_key, data_key, aug_key = jax.random.split(jax.random.key(seed), 3)
+    params = models.init(init_key, spec, input_shape)
+    return TrainState(
+        params,
+        optimizer.init(params),
+        jnp.zeros((), jnp.int32),
+        jax.random.key_data(data_key),
+        jax.random.key_data(aug_key),
+    )
+
+
+def compute_dtype(name: str):
+    """The dtype of a config's train.compute_dtype (COMPUTE_DTYPES)."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}")
+    return jnp.dtype(name)
+
+
+def cast(tree, dtype):
+    """Every leaf of `tree` as `dtype` (no-op where it already is)."""
+    return jax.tree.map(lambda leaf: leaf.astype(dtype), tree)
+
+
+def loss_logits_grads(
+    params, x_BHWC, labels_B, spec, *, gradients: str, label_smoothing=0.0, dtype="float32"
+):
+    """(batch-mean loss, logits_BK, grads) with the gradient from `gradients` (GRADIENTS).
+
+    Mixed precision with dtype "bfloat16": the layers (their dots and convolutions) run on
+    bfloat16 copies of the params and the input, the loss and its gradient w.r.t. the logits
+    in float32; grads come back in the params' own dtype (float32), as do loss and logits."""
+    low = compute_dtype(dtype)
+    if gradients not in GRADIENTS:
+        raise ValueError(f"train.gradients must be one of {GRADIENTS}, got {gradients!r}")
+    x_BHWC = x_BHWC.astype(low)
+    if gradients == "hand":
+        loss, logits, g = backprop.backprop(
+            cast(params, low), x_BHWC, labels_B, spec, label_smoothing=label_smoothing
+        )
+        return loss, logits, jax.tree.map(lambda d, p: d.astype(p.dtype), g, params)
+    fns = grads.HAND_DERIVED if gradients == "custom_vjp" else models.PLAIN
+
+    def loss_fn(p):  # differentiated w.r.t. the float32 params, through the cast
+        logits = models.batch_logits(cast(p, low), x_BHWC, spec, fns)
+        logits = logits.astype(losses.loss_dtype(low))
+        return jnp.mean(losses.cross_entropy(logits, labels_B, label_smoothing=label_smoothing)), (
+            logits
+        )
+
+    (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return loss, logits, g
+
+
+def augment(x_BHWC, key, *, shift: int, flip: bool):
+    """Random translations by up to `shift` pixels (zero fill) and, if `flip`, left-right flips
+    with probability 1/2, one draw per example."""
+    if shift == 0 and not flip:
+        return x_BHWC
+    b, h, w, _ = x_BHWC.shape
+    shift_key, flip_key = jax.random.split(key)
+    offsets = jax.random.randint(shift_key, (b, 2), 0, 2 * shift + 1)
+    padded = jnp.pad(x_BHWC, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+    crop = jax.vmap(
+        lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[2]))
+    )
+    x_BHWC = crop(padded, offsets)
+    if flip:
+        flips = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
+        x_BHWC = jnp.where(flips, x_BHWC[:, :, ::-1], x_BHWC)
+    return x_BHWC
+
+
+def to_float(images_uint8):
+    return images_uint8.astype(jnp.float32) / 255.0
+
+
+def train_step(
+    state: TrainState,
+    x_BHWC,
+    labels_B,
+    *,
+    spec,
+    optimizer,
+    config,
+    label_smoothing=None,
+):
+    """One SGD step on a batch of uint8 images x_BHWC. label_smoothing (a population member's
+    traced value) replaces config.train.label_smoothing if given."""
+    if label_smoothing is None:
+        label_smoothing = config.train.label_smoothing
+    aug_key = jax.random.fold_in(jax.random.wrap_key_data(state.aug_key), state.step)
+    x_BHWC = augment(to_float(x_BHWC), aug_key, shift=config.data.shift, flip=config.data.flip)
+    loss, logits, g = loss_logits_grads(
+        state.params,
+        x_BHWC,
+        labels_B,
+        spec,
+        gradients=config.train.gradients,
+        label_smoothing=label_smoothing,
+        dtype=config.train.compute_dtype,
+    )
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int counts and floats
+        updates, opt_state = optimizer.update(g, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels_B)}
+    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+
+
+def fed_step(feed, **step_kwargs):
+    """fn(state, resident, batch, **kw) -> (state, metrics): train_step on the batch that `feed`
+    (cnnjax.training.feed) gathers from its resident arrays and one call's batch, e.g.
+    feed.batch(idx_B)."""
+
+    def step(state, resident, batch, **kw):
+        return train_step(state, *feed.gather(resident, batch), **step_kwargs, **kw)
+
+    return step
+
+
+def uses_scan(config) -> bool:
+    """config.train.scan: "yes", "no", or "auto": yes on accelerators, no on the CPU, where a
+    scan is ~10x slower per step (XLA:CPU, jax 0.10.2, 2 cores: convolutions inside a while
+    loop lose their fast path)."""
+    if config.train.scan not in SCANS:
+        raise ValueError(f"train.scan must be one of {SCANS}, got {config.train.scan!r}")
+    if config.train.scan == "auto":
+        return jax.default_backend() != "cpu"
+    return config.train.scan == "yes"
+
+
+def make_train_steps(spec, optimizer, config, feed):
+    """fn(state, idx_SB) -> (state, metrics of each of the S steps): S steps on the examples
+    idx_SB of `feed` (cnnjax.training.feed: it places the batches, e.g. split over a device mesh).
+
+    The loop form calls one jitted step per step (the state's buffers donated; the feed sends
+    batches ahead); with uses_scan(config) the S steps are one lax.scan, one call per chunk of
+    steps, as launch-bound accelerators need. The same numbers either way, to float rounding."""
+    step = fed_step(feed, spec=spec, optimizer=optimizer, config=config)
+    if uses_scan(config):
+
+        def scanned(state, resident, batches):
+            return jax.lax.scan(lambda s, batch: step(s, resident, batch), state, batches)
+
+        jitted_scan = jax.jit(scanned, donate_argnums=0)
+        return lambda state, idx_SB: jitted_scan(state, feed.resident, feed.batch(idx_SB, 1))
+    jitted_step = jax.jit(step, donate_argnums=0)
+
+    def loop(state, idx_SB):
+        metrics = []
+        for batch in feed.batches(idx_SB):
+            state, step_metrics = jitted_step(state, feed.resident, batch)
+            metrics.append(step_metrics)
+        return state, jax.tree.map(lambda *steps: jnp.stack(steps), *metrics)
+
+    return loop
+
+
+def epoch_indices(state: TrainState, epoch: int, num_examples: int, batch_size: int):
+    """idx_SB for `epoch`: a permutation from fold_in(data_key, epoch); the last partial batch
+    is dropped (every step sees batch_size examples)."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.data_key), epoch)
+    steps = num_examples // batch_size
+    return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, -1)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_batch(params, x_BHWC, labels_B, *, spec, dtype="float32"):
+    """(losses_B, predictions_B) of a uint8 batch; the layers in `dtype`, the loss in float32."""
+    low = compute_dtype(dtype)
+    logits = models.batch_logits(cast(params, low), to_float(x_BHWC).astype(low), spec)
+    logits = logits.astype(losses.loss_dtype(low))
+    return losses.cross_entropy(logits, labels_B), jnp.argmax(logits, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "batch_size", "dtype"))
+def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000, dtype="float32"):
+    """Mean loss, accuracy and the predicted class of every example of a split (in order), the
+    split on the device, in one program; the layers in `dtype` (a COMPUTE_DTYPES name)."""
+    n = images_NHWC.shape[0]
+    pad = -n % batch_size
+    images = jnp.pad(images_NHWC, ((0, pad), (0, 0), (0, 0), (0, 0)))
+    labels = jnp.pad(labels_N, (0, pad))
+
+    def batch(_, xy):
+        return None, evaluate_batch(params, *xy, spec=spec, dtype=dtype)
+
+    shape = (-1, batch_size)
+    _, (losses_N, predictions_N) = jax.lax.scan(
+        batch, None, (images.reshape(*shape, *images.shape[1:]), labels.reshape(shape))
+    )
+    losses_N, predictions_N = losses_N.reshape(-1)[:n], predictions_N.reshape(-1)[:n]
+    return {
+        "loss": jnp.mean(losses_N),
+        "accuracy": jnp.mean(predictions_N == labels_N),
+        "predictions": predictions_N,
+    }
+
+
+_evaluate_batch = jax.jit(evaluate_batch, static_argnames=("spec", "dtype"))
+
+
+def evaluate_fed(params, feed, *, spec, batch_size: int = 1000, dtype="float32"):
+    """`evaluate` of a feed's split: in one program where the split is on the devices, else
+    batch by batch as the feed sends them (the last batch padded with example 0)."""
+    if feed.placement == "device":
+        return evaluate(params, *feed.resident, spec=spec, batch_size=batch_size, dtype=dtype)
+    labels_N = feed.split[1]
+    n = len(labels_N)
+    idx = np.concatenate([np.arange(n), np.zeros(-n % batch_size, np.int64)])
+    parts = [
+        jax.device_get(_evaluate_batch(params, *batch, spec=spec, dtype=dtype))
+        for batch in feed.batches(idx.reshape(-1, batch_size))
+    ]
+    losses_N, predictions_N = (np.concatenate([p[k] for p in parts])[:n] for k in range(2))
+    accuracy = np.mean(predictions_N == labels_N, dtype=np.float32)  # as the device's mean
+    return {"loss": np.mean(losses_N), "accuracy": accuracy, "predictions": predictions_N}
