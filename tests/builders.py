@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import sys
 from pathlib import Path
 
 import jax
@@ -110,6 +111,24 @@ def config_for(dataset, **train):
     config.data.source_dir, config.data.tfds_dir = map(str, dataset)
     config.train.update(train)
     return config
+
+
+def train_command(dataset, workdir, epochs: int, *extra) -> list[str]:
+    """`python -m experiments.train` on the smoke config and the `dataset` fixture's files."""
+    source, tfds_dir = dataset
+    return [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--config=configs/smoke.py",
+        f"--workdir={workdir}",
+        "--config.data.name=mnist",
+        "--config.data.flip=False",
+        f"--config.data.source_dir={source}",
+        f"--config.data.tfds_dir={tfds_dir}",
+        f"--config.train.epochs={epochs}",
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------------------ populations

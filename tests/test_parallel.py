@@ -24,7 +24,15 @@ from cnnjax import parallel
 from cnnjax.output import jsonl
 from cnnjax.sweeps import population
 from cnnjax.training import RunError, feed, run, train
-from tests.builders import REPO, SMALL_SPEC, config_for, member_configs, small_config, synthetic
+from tests.builders import (
+    REPO,
+    SMALL_SPEC,
+    config_for,
+    member_configs,
+    small_config,
+    synthetic,
+    train_command,
+)
 
 # Params after N devices' steps vs one device's, as max|a - b| / max|b| per leaf. Each step's
 # gradient is a batch mean that N devices sum in another order (N partial sums, then an
@@ -254,19 +262,7 @@ def _free_port() -> int:
 def _train_together(dataset, workdir, *extra):
     """`python -m experiments.train` as two processes of one run; their outputs."""
     coordinator = f"localhost:{_free_port()}"
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        "--config=configs/smoke.py",
-        f"--workdir={workdir}",
-        f"--config.data.source_dir={dataset[0]}",
-        f"--config.data.tfds_dir={dataset[1]}",
-        "--config.data.name=mnist",
-        "--config.data.flip=False",
-        "--config.train.epochs=1",
-        *extra,
-    ]
+    command = train_command(dataset, workdir, 1, *extra)
     env = {**os.environ, **CPU, "CNNJAX_COORDINATOR": coordinator, "CNNJAX_NUM_PROCESSES": "2"}
     workers = [
         subprocess.Popen(

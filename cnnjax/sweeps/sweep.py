@@ -22,10 +22,13 @@ from cnnjax.sweeps.grid import SweepError
 from cnnjax.training import RunError, checkpoints, run, settings, workdir
 
 
-def _claim(directory: Path, description: dict, resume: bool) -> None:
-    """Start the sweep directory with sweep.json (the description), or check that resuming
-    continues it (cnnjax.training.workdir)."""
+def _start(directory: Path, description: dict, configs: dict, mesh, resume: bool) -> None:
+    """Check every member's config for `mesh`, then start the sweep directory with sweep.json
+    (the description) or check that resuming continues it (cnnjax.training.workdir); either
+    failing is a SweepError."""
     try:
+        for member in configs.values():
+            settings.check(member, mesh)
         workdir.claim(
             directory,
             description,
@@ -34,13 +37,6 @@ def _claim(directory: Path, description: dict, resume: bool) -> None:
             kind="sweep",
             same="config, sweep and --shard",
         )
-    except RunError as error:
-        raise SweepError(str(error)) from None
-
-
-def _check_member(config, mesh) -> None:
-    try:
-        settings.check(config, mesh)
     except RunError as error:
         raise SweepError(str(error)) from None
 
@@ -102,8 +98,6 @@ def fit(config, axes, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[
     mine = grid.shard_members(len(overrides), shard)
     configs = {m: grid.member_config(config, overrides[m]) for m in mine}
     mesh = parallel.make_mesh(jax.local_devices())  # one process; across hosts, use --shard
-    for member in configs.values():
-        _check_member(member, mesh)
     directory = grid.shard_dir(sweep_dir, shard)
     description = dict(
         fingerprint=grid.fingerprint(config, axes),
@@ -112,7 +106,7 @@ def fit(config, axes, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[
         config=json.loads(config.to_json_best_effort()),
         axes=axes,
     )
-    _claim(directory, description, resume)
+    _start(directory, description, configs, mesh, resume)
     loaded = _load(configs, mesh)
     populations = _planned(directory, configs, loaded, options)
     results_path = directory / "results.jsonl"

@@ -5,7 +5,6 @@ for bit."""
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,18 +12,7 @@ import numpy as np
 import pytest
 
 from cnnjax.training import RunError, analysis, run, workdir
-from tests.builders import REPO, TEST_N, TRAIN_N, config_for
-
-
-def overrides(dataset, epochs: int) -> list[str]:
-    source, tfds_dir = dataset
-    return [
-        "--config.data.name=mnist",
-        "--config.data.flip=False",
-        f"--config.data.source_dir={source}",
-        f"--config.data.tfds_dir={tfds_dir}",
-        f"--config.train.epochs={epochs}",
-    ]
+from tests.builders import REPO, TEST_N, TRAIN_N, config_for, train_command
 
 
 def test_a_run_writes_metrics_checkpoints_plots_and_refuses_to_be_overwritten(dataset, tmp_path):
@@ -76,15 +64,7 @@ def _rows(workdir):
 
 
 def _train(workdir, dataset, epochs, *extra):
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.train",
-        "--config=configs/smoke.py",
-        f"--workdir={workdir}",
-        *overrides(dataset, epochs),
-        *extra,
-    ]
+    command = train_command(dataset, workdir, epochs, *extra)
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
