@@ -22,7 +22,7 @@ def main(argv) -> int:
         print(analysis.evaluation_report(_WORKDIR.value))
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

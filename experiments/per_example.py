@@ -27,7 +27,7 @@ def main(argv) -> int:
         summary = analysis.per_example_report(_WORKDIR.value, top=_TOP.value)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     print(tables.summary_table(summary))
     return 0
 

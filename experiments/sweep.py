@@ -41,7 +41,7 @@ def main(argv) -> int:
             rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard, resume=_RESUME.value)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     if shard[1] > 1:
         print(
             f"shard {shard[0]}/{shard[1]}: {len(rows)} members finished; once all shards are, "

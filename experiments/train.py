@@ -44,12 +44,12 @@ def main(argv) -> int:
             print(parallel.describe(), flush=True)
     except ValueError as error:  # flags that do not describe a set of processes
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     try:
         summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
     except RunError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2
     if not parallel.is_primary():
         return 0  # process 0 prints the summary
     print(run.format_summary(summary))

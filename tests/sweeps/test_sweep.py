@@ -130,7 +130,7 @@ def test_the_command_line_names_a_misspelt_field_and_writes_nothing(tmp_path):
         f"--workdir={tmp_path / 'sweep'}",
     ]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     assert "did you mean 'optim.learning_rate'" in done.stderr
     assert not (tmp_path / "sweep").exists()
 
