@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "cnnjax"
 # The tiers, lowest first. A module may import modules of lower tiers and of its own tier (no
 # cycles); never of a higher one. Names are relative to cnnjax ("training.run").
 TIERS = {
-    "process": {"parallel", "runtime"},
+    "process": {"parallel", "runtime", "faults"},
     "output": {"output", "output.jsonl", "output.tables", "output.progress", "output.plots"},
     "math": {"ops", "losses", "models", "grads", "backprop"},
     "checks": {"gradcheck", "flax_models"},
