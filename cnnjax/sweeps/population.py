@@ -201,7 +201,12 @@ def _epoch(pop, step, train_feed, epoch, config, label):
     num_examples = len(train_feed.split[1])
     steps = num_examples // config.train.batch_size
     idx_MSB = np.asarray(epoch_indices(pop, epoch, num_examples, config.train.batch_size))
-    bar = progress.progress(steps, f"{label} epoch {epoch + 1}/{config.train.epochs}")
+    bar = progress.progress(
+        steps,
+        f"{label} epoch {epoch + 1}/{config.train.epochs}",
+        enabled=None if parallel.is_primary() else False,
+        images_per_step=config.train.batch_size * idx_MSB.shape[0],
+    )
     seen = []
     for s, batch_M in enumerate(train_feed.batches(idx_MSB.transpose(1, 0, 2), axis=1)):
         pop, metrics = step(pop, train_feed.resident, batch_M)
@@ -209,8 +214,10 @@ def _epoch(pop, step, train_feed, epoch, config, label):
         if (s + 1) % config.train.steps_per_chunk == 0 or s + 1 == steps:
             jax.block_until_ready(metrics)  # the bar shows finished steps, not queued ones
             bar.update(s + 1 - bar.n)
+    seen = stack_rows(seen)
+    bar.set_metrics(loss=seen["loss"].mean(axis=0), acc=seen["accuracy"].mean(axis=0))
     bar.close()
-    return pop, stack_rows(seen)
+    return pop, seen
 
 
 def fit(

@@ -106,6 +106,7 @@ def _epoch(state, run_steps, num_examples, epoch, config, writer, schedule):
         len(idx_SB),
         f"epoch {epoch + 1}/{config.train.epochs}",
         enabled=None if parallel.is_primary() else False,
+        images_per_step=config.train.batch_size,
     )
     for start in range(0, len(idx_SB), chunk):
         first_step = int(state.step)
@@ -136,7 +137,7 @@ def _epoch(state, run_steps, num_examples, epoch, config, writer, schedule):
         seen["loss"] += list(metrics["loss"])
         seen["accuracy"] += list(metrics["accuracy"])
         bar.update(len(metrics["loss"]))
-        bar.set_postfix(loss=f"{np.mean(seen['loss']):.4f}", acc=f"{np.mean(seen['accuracy']):.4f}")
+        bar.set_metrics(loss=np.mean(seen["loss"]), acc=np.mean(seen["accuracy"]))
     bar.close()
     return state, {k: float(np.mean(v)) for k, v in seen.items()}
 
