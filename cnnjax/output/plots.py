@@ -60,30 +60,32 @@ def _moving_mean(values: np.ndarray, window: int) -> np.ndarray:
     return np.where(n > 0, (sums[end] - sums[start]) / np.maximum(n, 1), np.nan)
 
 
-def _plot_steps(ax, step_rows, name: str) -> None:
+def _plot_steps(ax, step_rows, name: str, notes: Mapping[str, str]) -> None:
     steps, values = _series(step_rows, name)
+    train = f"train{notes.get('train', '')}"
     if len(values) < SMOOTH_FROM:
-        ax.plot(steps, values, color="C0", linewidth=1.0, label="train (per step)")
+        ax.plot(steps, values, color="C0", linewidth=1.0, label=f"{train} (per step)")
         return
     window = min(100, len(values) // 25)
     ax.plot(steps, values, color="C0", linewidth=0.6, alpha=0.25)
     smooth = _moving_mean(values, window)
-    ax.plot(steps, smooth, color="C0", linewidth=1.4, label=f"train (mean of {window} steps)")
+    ax.plot(steps, smooth, color="C0", linewidth=1.4, label=f"{train} (mean of {window} steps)")
 
 
-def _plot_epochs(ax, epoch_rows, name: str) -> None:
-    """Each `<split>_<name>` key of the epoch rows (train_loss, test_loss, ...) as points."""
+def _plot_epochs(ax, epoch_rows, name: str, notes: Mapping[str, str]) -> None:
+    """Each `<split>_<name>` key of the epoch rows (train_loss, test_loss, ...) as points,
+    labelled "<split><notes[split]> (epoch)"."""
     keys = dict.fromkeys(k for row in epoch_rows for k in row if k.endswith(f"_{name}"))
     for i, key in enumerate(keys):
         steps, values = _series(epoch_rows, key)
         split = key.removesuffix(f"_{name}")
-        color = f"C{i + 1}"
-        ax.plot(
-            steps, values, "o--", color=color, markersize=5, linewidth=1.0, label=f"{split} (epoch)"
-        )
+        label = f"{split}{notes.get(split, '')} (epoch)"
+        ax.plot(steps, values, "o--", color=f"C{i + 1}", markersize=5, linewidth=1.0, label=label)
 
 
-def plot_curves(metrics_rows: Sequence[Mapping], path, title: str | None = None) -> None:
+def plot_curves(
+    metrics_rows: Sequence[Mapping], path, title: str | None = None, *, label_smoothing=0.0
+) -> None:
     """Loss and accuracy against the step, two panels side by side.
 
     Args:
@@ -93,14 +95,24 @@ def plot_curves(metrics_rows: Sequence[Mapping], path, title: str | None = None)
         (e.g. train_loss, test_accuracy). Every row needs its "step"; other keys are ignored.
       path: the PNG file to write.
       title: drawn above both panels.
+      label_smoothing: the training loss's (config.train.label_smoothing; the test loss has
+        none). If > 0 the loss panel's labels say which loss has it, and its title why the
+        training loss sits higher.
     """
     step_rows = [row for row in metrics_rows if row.get("kind") == "step"]
     epoch_rows = [row for row in metrics_rows if row.get("kind") == "epoch"]
     figure = _new_figure(11, 4.2)
     loss_ax, accuracy_ax = figure.subplots(1, 2)
-    for ax, name in ((loss_ax, "loss"), (accuracy_ax, "accuracy")):
-        _plot_steps(ax, step_rows, name)
-        _plot_epochs(ax, epoch_rows, name)
+    loss_notes = {}
+    if label_smoothing > 0:
+        loss_notes = {
+            "train": f" loss, label smoothing {label_smoothing:g}",
+            "test": " loss, no smoothing",
+        }
+        loss_ax.set_title(_smoothing_caption(label_smoothing), fontsize=9)
+    for ax, name, notes in ((loss_ax, "loss", loss_notes), (accuracy_ax, "accuracy", {})):
+        _plot_steps(ax, step_rows, name, notes)
+        _plot_epochs(ax, epoch_rows, name, notes)
         ax.set_xlabel("step")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
@@ -113,6 +125,13 @@ def plot_curves(metrics_rows: Sequence[Mapping], path, title: str | None = None)
     if title:
         figure.suptitle(title)
     _save(figure, path)
+
+
+def _smoothing_caption(label_smoothing: float) -> str:
+    return (
+        f"the train loss is taken against labels smoothed by {label_smoothing:g}, whose own "
+        "entropy\nit cannot fall below; the test loss against the true labels, so it sits lower"
+    )
 
 
 # ---------------------------------------------------------------------------------- filters

@@ -81,6 +81,19 @@ def confusion_matrix(predictions_N, labels_N, num_classes: int) -> np.ndarray:
     return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, -1)
 
 
+def format_confusion(cm_KK, names: Sequence[str]) -> str:
+    """cm_KK as a table: a row per true class, starting with its name (and index, unless the name
+    is the index), a column per predicted class by index, and the row's total (that class's
+    examples)."""
+    cm_KK = np.asarray(cm_KK)
+    if len(names) != len(cm_KK):
+        raise ValueError(f"{len(cm_KK)} classes but {len(names)} class names")
+    labels = [name if name == str(k) else f"{name} ({k})" for k, name in enumerate(names)]
+    header = ("true \\ predicted", *map(str, range(len(names))), "total")
+    rows = [(label, *row, sum(row)) for label, row in zip(labels, cm_KK.tolist(), strict=True)]
+    return format_table(header, rows, right=range(1, len(names) + 2))
+
+
 def per_class_accuracy(cm_KK) -> np.ndarray:
     """Recall of each true class: cm_KK[k, k] / cm_KK[k].sum(); NaN for a class with no examples.
 

@@ -32,10 +32,8 @@ def evaluation_report(directory) -> str:
         "",
         tables.format_table(("class", "accuracy"), per_class, right=(1,)),
         "",
-        "confusion matrix (rows: true class, columns: predicted)",
-        tables.format_table(
-            [str(k) for k in range(num_classes)], cm.tolist(), right=range(num_classes)
-        ),
+        "confusion matrix (rows: true class, columns: predicted class)",
+        tables.format_confusion(cm, names),
     ]
     return "\n".join(lines)
 

@@ -212,7 +212,7 @@ def finish(directory: Path, config, params, run: Setup, test=None) -> dict:
     if rows is None:
         return summary
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plots.plot_curves(rows, directory / "curves.png")
+    plots.plot_curves(rows, directory / "curves.png", label_smoothing=config.train.label_smoothing)
     plots.plot_filters(_first_kernel(params, run.spec), directory / "conv1_filters.png")
     plots.plot_confusion(cm, names, directory / "confusion.png")
     return summary

@@ -237,3 +237,28 @@ def test_plot_examples_draws_each_image_with_its_caption(drawn, tmp_path):
         np.testing.assert_array_equal(ax.images[0].get_array(), images_NHWC[n, :, :, 0])
         assert ax.get_title() == captions[n]
     assert figure.get_suptitle() == "worst"
+
+
+def _legend_texts(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_plot_curves_says_which_loss_has_label_smoothing_and_why_it_sits_higher(drawn, tmp_path):
+    rows = _metrics_rows()
+    plots.plot_curves(rows, tmp_path / "curves.png", label_smoothing=0.1)
+    loss_ax, accuracy_ax = drawn[0].axes
+    assert _legend_texts(loss_ax) == [
+        "train loss, label smoothing 0.1 (mean of 4 steps)",
+        "train loss, label smoothing 0.1 (epoch)",
+        "test loss, no smoothing (epoch)",
+    ]
+    assert "smoothed by 0.1" in loss_ax.get_title() and "sits lower" in loss_ax.get_title()
+    assert _legend_texts(accuracy_ax) == [
+        "train (mean of 4 steps)",
+        "train (epoch)",
+        "test (epoch)",
+    ]
+    assert accuracy_ax.get_title() == ""
+    plots.plot_curves(rows, tmp_path / "plain.png", label_smoothing=0.0)
+    assert not any("smoothing" in t for t in _legend_texts(drawn[1].axes[0]))
+    assert drawn[1].axes[0].get_title() == ""
