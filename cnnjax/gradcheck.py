@@ -372,23 +372,28 @@ def _network_rows(prefix, case, dtype, leaves, v, want, got, via_fns, fd) -> lis
     return rows
 
 
-def run_all(
-    num_random_specs: int = 20, seed: int = 0, dtypes=("float32", "float64"), layer_cases: int = 8
-) -> list[Row]:
-    """Layer checks, REFERENCE_CNN (batch 2) and `num_random_specs` random networks (batch 3,
-    every other one with label smoothing 0.1), in each dtype."""
-    rows = []
+def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8):
+    """(group, its rows), yielded as each is checked: per dtype, "layers 1/8" .. (every layer
+    rule on one case), "REFERENCE_CNN" (batch 2), "random spec 1/20" .. (batch 3, every other
+    one with label smoothing 0.1)."""
     for dtype in dtypes:
         rngs = (np.random.default_rng([seed, i]) for i in itertools.count())
-        rows += layer_checks(rngs, dtype, layer_cases)
+        for c in range(layer_cases):  # a case at a time draws what layer_checks(n) draws
+            yield f"layers {c + 1}/{layer_cases}", layer_checks(rngs, dtype, 1)
         ref = (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE, next(rngs), dtype)
-        rows += check_network(*ref, prefix="reference_cnn", case="REFERENCE_CNN", batch=2)
+        net = check_network(*ref, prefix="reference_cnn", case="REFERENCE_CNN", batch=2)
+        yield "REFERENCE_CNN", net
         for i in range(num_random_specs):
             spec, shape = random_spec(r := next(rngs))
-            rows += check_network(
+            net = check_network(
                 spec, shape, r, dtype, case=f"random spec {i}", label_smoothing=0.1 * (i % 2)
             )
-    return rows
+            yield f"random spec {i + 1}/{num_random_specs}", net
+
+
+def run_all(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8) -> list[Row]:
+    """Every row of `groups`: layer checks, REFERENCE_CNN and random networks, in each dtype."""
+    return [row for _, rows in groups(num_random_specs, seed, dtypes, layer_cases) for row in rows]
 
 
 # --------------------------------------------------------------------------- report
@@ -429,6 +434,17 @@ def format_table(rows: list[Row]) -> str:
         for r in rows
     ]
     return tables.format_table(header, body, right=(3, 4, 5))
+
+
+def progress_line(group: str, rows: list[Row]) -> str:
+    """One line for a group of checks as `groups` yields it: its dtype, number of checks, the
+    worst relative error (its check and tolerance), and pass, or FAIL and the failed checks."""
+    worst, failed = max(rows, key=lambda r: r.max_rel_err), [r for r in rows if not r.passed]
+    result = f"FAIL: {', '.join(dict.fromkeys(r.check for r in failed))}" if failed else "pass"
+    return (
+        f"{worst.dtype}  {group}: {len(rows)} checks, worst {worst.max_rel_err:.1e} "
+        f"(tol {worst.tolerance:.0e}, {worst.check}), {result}"
+    )
 
 
 def summary(rows: list[Row]) -> str:

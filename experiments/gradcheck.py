@@ -2,7 +2,8 @@
 
     python -m experiments.gradcheck [--config configs/gradcheck.py] [--config.seed=1]
 
-Prints one row per check and dtype (the worst case of each; every case with
+Prints a line per group of checks as it finishes (a layer case, a network: its worst error,
+pass or FAIL), then one row per check and dtype (the worst case of each; every case with
 --config.all_rows=True), the failing cases, and a summary; exits 1 if any check failed.
 """
 
@@ -14,7 +15,7 @@ from absl import app
 from ml_collections import config_flags
 
 import experiments
-from cnnjax import gradcheck
+from cnnjax import faults, gradcheck
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/gradcheck.py")
 
@@ -23,10 +24,15 @@ def main(argv) -> int:
     experiments.begin(argv)
     config = _CONFIG.value
     start = time.perf_counter()
-    rows = gradcheck.run_all(
+    rows = []
+    for group, checked in gradcheck.groups(
         config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases
-    )
+    ):
+        rows += checked
+        print(gradcheck.progress_line(group, checked), flush=True)
+        faults.point("gradcheck.group")
     seconds = time.perf_counter() - start
+    print()
     print(gradcheck.format_table(rows if config.all_rows else gradcheck.aggregate(rows)))
     failed = [row for row in rows if not row.passed]
     if failed and not config.all_rows:

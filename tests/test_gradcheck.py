@@ -1,11 +1,18 @@
 """cnnjax.gradcheck: the real rules pass, and every checker catches a planted wrong rule."""
 
+import itertools
+import os
+import re
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cnnjax import backprop, gradcheck, grads, losses, models, ops
+from tests.builders import REPO
 
 # Fixed cases that give each planted bug something to get wrong: an asymmetric kernel with a
 # stride of 2, a padded avg pool without the padding in its count, overlapping pool windows.
@@ -304,3 +311,61 @@ def test_table_and_summary_report_failures():
     assert gradcheck.summary(rows).startswith("3 checks, 1 failed")
     (dx,) = [row for row in gradcheck.aggregate(rows + rows) if row.check.startswith("conv2d/dx")]
     assert dx.case == "2 cases" and not dx.passed
+
+
+def test_progress_line_names_the_worst_check_and_the_failures():
+    good = gradcheck.check_conv2d(CONV_CASE, rng(), "float32")
+    bad = gradcheck.check_conv2d(CONV_CASE, rng(), "float32", rule=conv_unflipped)
+    worst = max(good, key=lambda r: r.max_rel_err)
+    assert gradcheck.progress_line("layers 1/8", good) == (
+        f"float32  layers 1/8: 3 checks, worst {worst.max_rel_err:.1e} (tol 1e-04, "
+        f"{worst.check}), pass"
+    )
+    line = gradcheck.progress_line("layers 2/8", bad)
+    assert line.startswith("float32  layers 2/8: 3 checks, worst ")
+    assert line.endswith(f"FAIL: {', '.join(sorted(failed(bad)))}")
+
+
+def test_groups_check_one_layer_case_at_a_time_on_the_same_data():
+    """The groups the entry point reports as it goes hold the rows layer_checks draws at once."""
+    first_two = list(itertools.islice(gradcheck.groups(0, 5, ("float32",), 2), 2))
+    assert [group for group, _ in first_two] == ["layers 1/2", "layers 2/2"]
+    rngs = (np.random.default_rng([5, i]) for i in itertools.count())
+    assert [row for _, rows in first_two for row in rows] == gradcheck.layer_checks(
+        rngs, "float32", 2
+    )
+
+
+PROGRESS_LINE = re.compile(r"float32  (.+): (\d+) checks, worst \S+ \(tol 1e-04, .+\), pass")
+
+
+def _gradcheck(num_random_specs: int, kill_at=None):
+    """The entry point on one float32 layer case, REFERENCE_CNN and `num_random_specs` random
+    networks (~10 s), its stdout to a pipe, block-buffered as on a cluster (no PYTHONUNBUFFERED);
+    SIGKILLed at faults point `kill_at` if given."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "CNNJAX_KILL_AT")}
+    env |= {"CNNJAX_KILL_AT": kill_at} if kill_at else {}
+    command = [sys.executable, "-m", "experiments.gradcheck", "--config.layer_cases=1"]
+    command += [f"--config.num_random_specs={num_random_specs}", "--config.dtypes=('float32',)"]
+    return subprocess.run(
+        command, cwd=REPO, stdout=subprocess.PIPE, text=True, timeout=300, env=env
+    )
+
+
+def test_the_entry_point_reports_each_group_before_the_table():
+    done = _gradcheck(1)
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    progress = [PROGRESS_LINE.fullmatch(line) for line in lines[:3]]
+    assert [m[1] for m in progress] == ["layers 1/1", "REFERENCE_CNN", "random spec 1/1"]
+    assert lines[3] == "" and lines[4].split()[:3] == ["check", "case", "dtype"]
+    checks = sum(int(m[2]) for m in progress)
+    assert re.search(rf"^{checks} checks, 0 failed", done.stdout, re.MULTILINE)
+
+
+def test_the_entry_points_group_lines_are_flushed_as_they_come():
+    """Killed (SIGKILL) right after its first group: its line had reached the pipe already."""
+    done = _gradcheck(0, kill_at="gradcheck.group:1")
+    assert done.returncode == -9
+    (line,) = done.stdout.splitlines()
+    assert PROGRESS_LINE.fullmatch(line)[1] == "layers 1/1"
