@@ -4,7 +4,10 @@ writes metrics and checkpoints (fit), and the summary and plots at its end (fini
 A run directory holds config.json (the resolved config, cnnjax.training.workdir), metrics.jsonl
 (one JSON line per step and per epoch), checkpoints/<epochs done>/ (cnnjax.training.checkpoints),
 and at the end summary.json and PNG plots. An existing run is never overwritten: continuing it
-takes resume=True, with the same config.
+takes resume=True, with the same config (from its newest checkpoint that verifies); resuming a
+finished run writes nothing. A run holds its directory's lock (workdir.claim) while it works,
+and stops with a RunError, before checkpointing it, at a state whose loss, params or test loss
+have blown up, so its last checkpoint is its last good one.
 
 Training is data parallel over every device of every process (cnnjax.parallel): the state is
 replicated, each step's batch is split over the devices; the data reach them through a feed
@@ -225,8 +228,8 @@ def _finished(directory: Path, config) -> dict | None:
         return None
     if parallel.is_primary():
         print(
-            f"{directory} finished all {config.train.epochs} epochs before: nothing was trained "
-            "or written. Its summary.json:",
+            f"{directory} had finished training (epoch {config.train.epochs} of "
+            f"{config.train.epochs}): nothing was trained or written. Its summary.json:",
             flush=True,
         )
     return json.loads(path.read_text())

@@ -64,6 +64,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(dataset, tmp_p
 @pytest.mark.parametrize(
     ("epoch", "factor", "kept"),
     [(1, 1e38, "it has no checkpoint"), (2, 1e30, r"its last good checkpoint \(epoch 1\) is kept")],
+    ids=["in_epoch_1", "in_epoch_2"],
 )
 def test_a_run_whose_test_loss_blows_up_stops_before_checkpointing_it(
     dataset, tmp_path, epoch, factor, kept
@@ -88,8 +89,8 @@ def test_resuming_a_finished_run_says_so_and_rewrites_nothing(dataset, tmp_path,
     again = run.fit(config, tmp_path / "run", resume=True)
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        f"{tmp_path / 'run'} finished all 1 epochs before: nothing was trained or written. "
-        "Its summary.json:"
+        f"{tmp_path / 'run'} had finished training (epoch 1 of 1): nothing was trained or "
+        "written. Its summary.json:"
     ]
     assert again == json.loads((tmp_path / "run" / "summary.json").read_text())
     assert again["params_hash"] == summary["params_hash"]
