@@ -4,7 +4,10 @@ writes metrics and checkpoints (fit), and the summary and plots at its end (fini
 A run directory holds config.json (the resolved config, cnnjax.training.workdir), metrics.jsonl
 (one JSON line per step and per epoch), checkpoints/<epochs done>/ (cnnjax.training.checkpoints),
 and at the end summary.json and PNG plots. An existing run is never overwritten: continuing it
-takes resume=True, with the same config.
+takes resume=True, with the same config (from its newest checkpoint that verifies); resuming a
+finished run writes nothing. A run holds its directory's lock (workdir.claim) while it works,
+and stops with a RunError, before checkpointing it, at a state whose loss, params or test loss
+have blown up, so its last checkpoint is its last good one.
 
 Training is data parallel over every device of every process (cnnjax.parallel): the state is
 replicated, each step's batch is split over the devices; the data reach them through a feed
@@ -23,7 +26,7 @@ import jax
 import numpy as np
 import optax
 
-from cnnjax import models, parallel, runtime
+from cnnjax import faults, models, parallel, runtime
 from cnnjax.output import jsonl, plots, progress, tables
 from cnnjax.training import RunError, checkpoints, data, feed, idx, settings, train, workdir
 
@@ -129,11 +132,9 @@ def _epoch(state, run_steps, num_examples, epoch, config, writer, schedule):
             )
         if not np.all(np.isfinite(metrics["loss"])):
             bar.close()
-            raise RunError(
-                f"the loss became {metrics['loss'][~np.isfinite(metrics['loss'])][0]} in epoch "
-                f"{epoch + 1} (by step {int(state.step)}); the run stopped and its last good "
-                "checkpoint is kept. Lower --config.optim.learning_rate and start a new run."
-            )
+            bad = metrics["loss"][~np.isfinite(metrics["loss"])][0]
+            what = f"the loss became {bad} in epoch {epoch + 1} (by step {int(state.step)})"
+            raise _diverged(what, epoch)
         seen["loss"] += list(metrics["loss"])
         seen["accuracy"] += list(metrics["accuracy"])
         bar.update(len(metrics["loss"]))
@@ -144,10 +145,20 @@ def _epoch(state, run_steps, num_examples, epoch, config, writer, schedule):
 
 def fit(config, directory, *, resume: bool = False) -> dict:
     """Train `config` in the run directory `directory` (see the module docstring); returns the
-    final summary."""
+    final summary. Resuming a finished run trains and writes nothing: it says so and returns
+    the summary it wrote."""
     directory, mesh = Path(directory), parallel.make_mesh()
     settings.check(config, mesh)
     workdir.claim_run(directory, config, resume=resume)
+    try:
+        if resume and (summary := _finished(directory, config)) is not None:
+            return summary
+        return _train(config, directory, mesh, resume)
+    finally:
+        workdir.release(directory)
+
+
+def _train(config, directory: Path, mesh, resume: bool) -> dict:
     run = setup(config, mesh)
     saved = checkpoints.manager(directory, config.train.checkpoints_kept)
     state, epochs_done = checkpoints.restore(saved, run.state) if resume else (run.state, 0)
@@ -171,9 +182,58 @@ def fit(config, directory, *, resume: bool = False) -> dict:
                 seconds=time.perf_counter() - start,
             )
         )
+        _check_good(state, float(test["loss"]), epoch)
         checkpoints.save(saved, epoch + 1, state)
+        faults.point("run.epoch_end")
     saved.wait_until_finished()
     return finish(directory, config, state.params, run, test)
+
+
+# A test loss this high (nats per example: the true class given a probability below e^-10000)
+# comes only from a blown-up network, its logits ~1e4 apart; a network that learned anything
+# or nothing (uniform: ln 10 = 2.3) stays orders of magnitude below it.
+DIVERGED_LOSS = 1e4
+
+
+def _check_good(state, test_loss: float, epoch: int) -> None:
+    """A RunError unless the state after `epoch` (0-based) is one worth checkpointing: finite
+    params, and a finite test loss below DIVERGED_LOSS."""
+    step = int(state.step)
+    params = jax.device_get(state.params)
+    if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params)):
+        what = f"the params became non-finite in epoch {epoch + 1} (by step {step})"
+        raise _diverged(what, epoch)
+    if not test_loss < DIVERGED_LOSS:  # also NaN
+        raise _diverged(
+            f"the test loss became {test_loss:.4g} after epoch {epoch + 1} (step {step}; above "
+            f"{DIVERGED_LOSS:.0e} the network has blown up)",
+            epoch,
+        )
+
+
+def _diverged(what: str, epoch: int) -> RunError:
+    """The error of a run that diverged in `epoch` (0-based): its last good checkpoint is the
+    one after the epoch before, if any."""
+    kept = f"its last good checkpoint (epoch {epoch}) is kept" if epoch else "it has no checkpoint"
+    return RunError(
+        f"{what}; the run stopped and {kept}. Lower --config.optim.learning_rate (or the "
+        "schedule's --config.optim.decay_factor) and start a new run."
+    )
+
+
+def _finished(directory: Path, config) -> dict | None:
+    """The summary of a run that finished all its epochs (it has summary.json and the last
+    epoch's checkpoint), after one line saying so; else None."""
+    path = directory / "summary.json"
+    if not path.exists() or config.train.epochs not in checkpoints.saved_epochs(directory):
+        return None
+    if parallel.is_primary():
+        print(
+            f"{directory} had finished training (epoch {config.train.epochs} of "
+            f"{config.train.epochs}): nothing was trained or written. Its summary.json:",
+            flush=True,
+        )
+    return json.loads(path.read_text())
 
 
 def last_checkpoint(directory: Path):
@@ -182,7 +242,7 @@ def last_checkpoint(directory: Path):
     run = setup(config)
     state, epochs_done = checkpoints.restore(checkpoints.manager(directory), run.state)
     if epochs_done == 0:
-        raise RunError(f"{directory} has no checkpoint yet (no epoch finished)")
+        raise RunError(f"{directory} has no good checkpoint (none saved, or none that verifies)")
     return config, run, state, epochs_done
 
 

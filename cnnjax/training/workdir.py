@@ -2,13 +2,18 @@
 it was started with (a run's config.json, a sweep's sweep.json), which also records under
 ENVIRONMENT what it started on; the metrics file a resumed run goes on writing.
 
-Every process checks (they see the same files, so they fail alike); process 0 alone writes.
+A claimed directory is locked (LOCK, an flock the kernel releases when the process ends, even
+by SIGKILL, so it is never stale) until release() or the process's end: a second process
+claiming it is refused. Every process checks (they see the same files, so they fail alike);
+process 0 alone locks and writes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 
 import ml_collections
@@ -19,6 +24,9 @@ from cnnjax.training import RunError
 
 ENVIRONMENT = "environment"  # the record's account of what it ran on: runtime.environment()
 CONFIG = "config.json"  # a run's record: its resolved config
+LOCK = ".lock"  # flock'ed by the process that claimed the directory; holds its pid and host
+
+_held: dict[Path, int] = {}  # directory -> the open LOCK file this process holds locked
 
 
 def recorded(path: Path) -> dict:
@@ -38,8 +46,24 @@ def claim(
 ) -> None:
     """Start `directory` with `record` in its file `name` (plus ENVIRONMENT), refusing one that
     already holds something; or, resuming, check that it was started with this same record.
-    `kind` ("run", "sweep") and `same` (what a resume must repeat) word the errors."""
+    `kind` ("run", "sweep") and `same` (what a resume must repeat) word the errors. Process 0
+    holds the directory's lock from here on (see the module docstring)."""
     directory = Path(directory)
+    _check(directory, record, resume, name, kind, same)
+    parallel.barrier("cnnjax.training.workdir: checked")  # before process 0 makes it non-empty
+    if parallel.is_primary():
+        lock(directory)
+        try:  # again, as found under the lock: another process may have just written it
+            _check(directory, record, resume, name, kind, same)
+        except RunError:
+            release(directory)
+            raise
+        if not resume:
+            written = {**record, ENVIRONMENT: runtime.environment()}
+            (directory / name).write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+
+
+def _check(directory: Path, record: dict, resume: bool, name: str, kind: str, same: str):
     path = directory / name
     if resume:
         if not path.exists():
@@ -50,16 +74,41 @@ def claim(
                 f"resume it with the same {same}, or start a new {kind} in a new --workdir"
             )
         return
-    if directory.exists() and any(directory.iterdir()):
+    if directory.exists() and any(p.name != LOCK for p in directory.iterdir()):
         raise RunError(
             f"{directory} already holds a {kind}; pass --resume to continue it, or choose a new "
             "--workdir (nothing was changed)"
         )
-    parallel.barrier("cnnjax.training.workdir: checked")  # before process 0 makes it non-empty
-    if parallel.is_primary():
-        directory.mkdir(parents=True, exist_ok=True)
-        written = {**record, ENVIRONMENT: runtime.environment()}
-        path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+
+
+def lock(directory) -> None:
+    """Lock `directory` (made if need be) for this process until release() or its end; a
+    RunError if another process holds it. Locking one again is a no-op."""
+    directory = Path(directory)
+    key = directory.resolve()
+    if key in _held:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunError(
+            f"{directory} is in use by {holder}; wait for it to end, or choose another "
+            "--workdir (nothing was changed)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+    _held[key] = fd
+
+
+def release(directory) -> None:
+    """Unlock a directory this process locked (nothing if it holds no lock on it)."""
+    fd = _held.pop(Path(directory).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def claim_run(workdir, config, *, resume: bool) -> None:

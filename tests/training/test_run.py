@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnjax.training import RunError, analysis, run, workdir
+from cnnjax.training import RunError, analysis, checkpoints, run, workdir
 from tests.builders import REPO, TEST_N, TRAIN_N, config_for, train_command
 
 
@@ -53,10 +53,54 @@ def test_two_runs_of_one_config_end_with_the_same_params(dataset, tmp_path):
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(dataset, tmp_path):
     config = config_for(dataset, epochs=3)
     config.optim.schedule, config.optim.decay_epochs, config.optim.decay_factor = "step", (1,), 1e9
-    with pytest.raises(RunError, match=r"the loss became (nan|inf).*epoch 2.*learning_rate"):
+    with pytest.raises(RunError, match=r"the loss became (nan|inf) in epoch 2.*learning_rate"):
         run.fit(config, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["1"]
     assert "accuracy" in analysis.evaluation_report(tmp_path / "run")
+
+
+# The learning rate times `factor` from the last step of epoch `epoch` on (31 of 32 steps in):
+# the epoch's training loss stays finite, its params and test loss blow up.
+@pytest.mark.parametrize(
+    ("epoch", "factor", "kept"),
+    [(1, 1e38, "it has no checkpoint"), (2, 1e30, r"its last good checkpoint \(epoch 1\) is kept")],
+    ids=["in_epoch_1", "in_epoch_2"],
+)
+def test_a_run_whose_test_loss_blows_up_stops_before_checkpointing_it(
+    dataset, tmp_path, epoch, factor, kept
+):
+    config = config_for(dataset, epochs=2)
+    config.optim.schedule, config.optim.decay_factor = "step", factor
+    config.optim.decay_epochs = (epoch - 1 + 31 / 32,)
+    blown_up = r"(the test loss became \S+ after|the params became non-finite in)"
+    with pytest.raises(RunError, match=rf"{blown_up} epoch {epoch} .*the run stopped and {kept}"):
+        run.fit(config, tmp_path / "run")
+    epochs = [r for r in _rows(tmp_path / "run") if r["kind"] == "epoch"]
+    assert len(epochs) == epoch and np.isfinite(epochs[-1]["train_loss"])
+    assert not epochs[-1]["test_loss"] < run.DIVERGED_LOSS  # recorded, not checkpointed
+    assert checkpoints.saved_epochs(tmp_path / "run") == list(range(1, epoch))
+
+
+def test_resuming_a_finished_run_says_so_and_rewrites_nothing(dataset, tmp_path, capsys):
+    config = config_for(dataset, epochs=1)
+    summary = run.fit(config, tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    capsys.readouterr()
+    again = run.fit(config, tmp_path / "run", resume=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{tmp_path / 'run'} had finished training (epoch 1 of 1): nothing was trained or "
+        "written. Its summary.json:"
+    ]
+    assert again == json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert again["params_hash"] == summary["params_hash"]
+    assert _snapshot(tmp_path / "run") == before
+
+
+def _snapshot(directory):
+    """Every file under `directory`, bar the lock (it names its holder): bytes and mtime."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name != workdir.LOCK)
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 
 def _rows(workdir):
