@@ -146,6 +146,7 @@ def fit(config, directory, *, resume: bool = False) -> dict:
     final summary."""
     directory, mesh = Path(directory), parallel.make_mesh()
     settings.check(config, mesh)
+    data.prepare_section(config.data)  # bad IDX files stop a run before it writes
     workdir.claim_run(directory, config, resume=resume)
     run = setup(config, mesh)
     saved = checkpoints.manager(directory, config.train.checkpoints_kept)
