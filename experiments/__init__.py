@@ -31,9 +31,8 @@ _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_ACCESS = {errno.EROFS, errno.EACCES, errno.EPERM}
 _TENSORSTORE = re.compile(r"os_error_code='(\d+)'")  # orbax's writes fail as tensorstore's text
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
-_CHECKPOINT_TMP = re.compile(
-    r"^(.*/)(\d+)\.orbax-checkpoint-tmp"
-)  # orbax's checkpoint N, unfinished
+# orbax writes checkpoint N into DIR/N.orbax-checkpoint-tmp-*, renamed to DIR/N once whole
+_CHECKPOINT_TMP = re.compile(r"^(.*/)(\d+)\.orbax-checkpoint-tmp")
 
 
 def begin(argv, *, deterministic: bool = True) -> None:
@@ -118,11 +117,11 @@ def _override_error(argv, error: Exception) -> str:
         given = [a.split("=", 1)[1] for a in argv if re.match(rf"^--?{name}=", a)]
         if not given:
             continue
-        try:
-            from cnnjax.training import settings  # jax: loaded only on this error's path
+        from cnnjax.training import settings  # jax: loaded only on this error's path
 
+        try:
             fields = settings.dotted_fields(flags.FLAGS[name].parser.parse(given[-1]))
-        except Exception as cause:
+        except Exception as cause:  # whatever loading the file raised
             return _config_problem(name, given[-1], cause)
         for arg in argv:
             field = re.sub(rf"^--?{name}\.", "", arg.split("=")[0], count=1)
