@@ -107,7 +107,7 @@ def test_help_exits_0_and_debug_shows_the_traceback(dataset, tmp_path):
         }
     )
     status, out, _ = results["help"]
-    assert status == 0 and "--workdir" in out and "--debug" in out
+    assert status == 0 and "--workdir" in out and "--[no]debug" in out
     status, _, lines = results["debug"]
     assert status == 2 and lines[0] == "Traceback (most recent call last):", lines
     assert "RunError" in lines[-2] and lines[-1].startswith("error: config.train.epochs")
