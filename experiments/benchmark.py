@@ -15,14 +15,13 @@ accuracy first reached --target (default: 91% Fashion-MNIST, 99% MNIST).
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import experiments
 from cnnjax.bench import benchmark, measuring
 from cnnjax.training import analysis
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
+_CONFIG = experiments.config_file("configs/default.py", "network, lr, momentum")
 _METHODS = flags.DEFINE_list("methods", list(measuring.METHODS), "methods to measure")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["32", "128", "512"], "training batch sizes")
 _IMAGES = flags.DEFINE_integer("images", 4096, "images per timed window (at least 2 steps)")
@@ -55,4 +54,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

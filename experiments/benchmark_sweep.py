@@ -10,14 +10,14 @@ per member, min-max beside it, ratio to sequential) and writes it as JSON and ma
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import experiments
 from cnnjax.bench import layouts
 from cnnjax.sweeps import grid, population
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/sweep_lr.py", "a sweep config")
+_CONFIG = experiments.config_file("configs/sweep_lr.py", "a sweep config")
 _STEPS = flags.DEFINE_integer("steps", 10, "steps per member in one timed window")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed windows (the median is reported)")
 _LAYOUTS = flags.DEFINE_list("layouts", list(population.ONE_PROGRAM), "one-program layouts to time")
@@ -40,4 +40,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

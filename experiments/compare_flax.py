@@ -8,18 +8,14 @@ exits 1 if any row fails, 2 if the data cannot be found.
 
 from __future__ import annotations
 
-import sys
-
 import jax
 import jax.numpy as jnp
-from absl import app
-from ml_collections import config_flags
 
 import experiments
 from cnnjax import flax_models, models
-from cnnjax.training import idx
+from cnnjax.training import RunError, idx
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/compare_flax.py")
+_CONFIG = experiments.config_file("configs/compare_flax.py")
 
 
 def test_images(name: str, source_dir):
@@ -37,12 +33,8 @@ def main(argv) -> int:
     experiments.begin(argv)
     config = _CONFIG.value
     if config.batch < 1:
-        raise app.UsageError(f"--config.batch must be >= 1, got {config.batch}")
-    try:
-        images_NHWC, labels_N = test_images(config.dataset, config.source_dir or None)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise RunError(f"config.batch must be >= 1, got {config.batch}: pass --config.batch=N")
+    images_NHWC, labels_N = test_images(config.dataset, config.source_dir or None)
     x_NHWC = jnp.asarray(idx.normalize(images_NHWC[: config.batch]))
     labels_N = jnp.asarray(labels_N[: config.batch])
     init_key = jax.random.key(config.seed)
@@ -59,4 +51,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

@@ -11,15 +11,13 @@ input. On a machine without the internet, first carry what its image lacks:
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import experiments
 from cnnjax.bench import device_check
+from cnnjax.training import RunError
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/device_check.py")
+_CONFIG = experiments.config_file("configs/device_check.py")
 _OUT = flags.DEFINE_string("out", "runs/device_check", "the results folder (new or empty)")
 
 
@@ -27,13 +25,12 @@ def main(argv) -> int:
     experiments.begin(argv, deterministic=_CONFIG.value.run.train.deterministic)
     try:
         results = device_check.run_parts(_CONFIG.value, _OUT.value)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:  # bad input: the parts, an --out that holds something
+        raise RunError(str(error)) from None
     print(device_check.format_results(results))
     print(f"written to {_OUT.value}")
     return 0 if device_check.all_passed(results) else 1
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

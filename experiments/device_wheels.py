@@ -15,10 +15,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
+import experiments
 from cnnjax.bench import wheels
-from cnnjax.training import idx
+from cnnjax.training import RunError, idx
 
 _OUT = flags.DEFINE_string("out", ".device", "folder for wheels/ and mnist/ (git-ignored)")
 _LOCK = flags.DEFINE_string("lock", "constraints-newest.txt", "the lock file to take pins from")
@@ -27,7 +28,7 @@ _PYTHON = flags.DEFINE_string("python", "3.12", "the image's Python version")
 
 def main(argv) -> int:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise RunError(f"unexpected arguments {argv[1:]}: every option is a flag, --name=value")
     out = Path(_OUT.value)
     wanted = wheels.missing(wheels.pins(Path(_LOCK.value).read_text()))
     print(f"{len(wanted)} packages the image lacks: {', '.join(wanted)}")
@@ -48,4 +49,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

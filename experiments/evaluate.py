@@ -5,12 +5,10 @@ python -m experiments.evaluate --workdir runs/fashion_mnist
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 import experiments
-from cnnjax.training import RunError, analysis
+from cnnjax.training import analysis
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 flags.mark_flag_as_required("workdir")
@@ -18,13 +16,9 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv) -> int:
     experiments.begin(argv)
-    try:
-        print(analysis.evaluation_report(_WORKDIR.value))
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(analysis.evaluation_report(_WORKDIR.value))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import time
 
-from absl import app
-from ml_collections import config_flags
-
 import experiments
 from cnnjax import faults, gradcheck
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/gradcheck.py")
+_CONFIG = experiments.config_file("configs/gradcheck.py")
 
 
 def main(argv) -> int:
@@ -42,4 +39,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

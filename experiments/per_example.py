@@ -8,13 +8,11 @@ images with their true and predicted classes) into the run directory, and prints
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 import experiments
 from cnnjax.output import tables
-from cnnjax.training import RunError, analysis
+from cnnjax.training import analysis
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a run directory made by experiments.train")
 _TOP = flags.DEFINE_integer("top", 16, "how many of the highest-loss examples to show")
@@ -23,14 +21,10 @@ flags.mark_flag_as_required("workdir")
 
 def main(argv) -> int:
     experiments.begin(argv)
-    try:
-        summary = analysis.per_example_report(_WORKDIR.value, top=_TOP.value)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    summary = analysis.per_example_report(_WORKDIR.value, top=_TOP.value)
     print(tables.summary_table(summary))
     return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

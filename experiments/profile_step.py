@@ -10,14 +10,13 @@ that shape belongs to, then the time by layer.
 
 from __future__ import annotations
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import experiments
 from cnnjax.bench import profiling
 from cnnjax.training import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "network, lr, momentum")
+_CONFIG = experiments.config_file("configs/default.py", "network, lr, momentum")
 _GRADIENTS = flags.DEFINE_enum("gradients", "hand", train.GRADIENTS, "how the step differentiates")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "training batch size")
 _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (the median is reported)")
@@ -33,4 +32,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

@@ -10,16 +10,13 @@ seed) train together as one program. A killed sweep continues with --resume.
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 import experiments
 from cnnjax.sweeps import grid, results, sweep
-from cnnjax.training import RunError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a config file with get_sweep()")
+_CONFIG = experiments.config_file(None, "a config file with get_sweep()")
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory (created; never overwritten)")
 _SHARD = flags.DEFINE_string("shard", "0/1", "i/n: run the i-th of n disjoint parts (0-based)")
 _RESUME = flags.DEFINE_bool("resume", False, "continue the sweep in --workdir")
@@ -30,18 +27,14 @@ flags.mark_flag_as_required("workdir")
 def main(argv) -> int:
     config = _CONFIG.value
     experiments.begin(argv, deterministic=config is None or config.train.deterministic)
-    try:
-        if _MERGE.value:
-            rows, shard = sweep.merge(_WORKDIR.value), (0, 1)
-        elif _CONFIG.value is None:
-            raise grid.SweepError("--config is required (a config file with get_sweep())")
-        else:
-            axes = grid.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
-            shard = grid.parse_shard(_SHARD.value)
-            rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard, resume=_RESUME.value)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if _MERGE.value:
+        rows, shard = sweep.merge(_WORKDIR.value), (0, 1)
+    elif _CONFIG.value is None:
+        raise grid.SweepError("--config is required (a config file with get_sweep())")
+    else:
+        axes = grid.axes_from_file(config_flags.get_config_filename(flags.FLAGS["config"]))
+        shard = grid.parse_shard(_SHARD.value)
+        rows = sweep.fit(_CONFIG.value, axes, _WORKDIR.value, shard=shard, resume=_RESUME.value)
     if shard[1] > 1:
         print(
             f"shard {shard[0]}/{shard[1]}: {len(rows)} members finished; once all shards are, "
@@ -54,4 +47,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

@@ -14,16 +14,13 @@ $CNNJAX_COORDINATOR, ...), or --coordinator=auto under SLURM or Open MPI (one ta
 
 from __future__ import annotations
 
-import sys
-
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
 import experiments
 from cnnjax import parallel
 from cnnjax.training import RunError, run
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py")
+_CONFIG = experiments.config_file("configs/default.py")
 _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (created; never overwritten)")
 _RESUME = flags.DEFINE_bool("resume", False, "continue the run in --workdir from its checkpoint")
 _COORDINATOR = flags.DEFINE_string(
@@ -43,13 +40,8 @@ def main(argv) -> int:
         if parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
             print(parallel.describe(), flush=True)
     except ValueError as error:  # flags that do not describe a set of processes
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    try:
-        summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
-    except RunError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise RunError(str(error)) from None
+    summary = run.fit(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value)
     if not parallel.is_primary():
         return 0  # process 0 prints the summary
     print(run.format_summary(summary))
@@ -58,4 +50,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    experiments.run(main)

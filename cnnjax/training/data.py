@@ -2,16 +2,20 @@
 
 Legend: images_NHWC uint8 (C = 1), labels_N class ids.
 
-`load(name, split)` reads TFDS array_record files through `tfds.data_source`. The first call
+`load(name, split)` reads TFDS array_record files (`as_data_source`). The first call
 prepares them with our own builders (`cnnjax_mnist`, `cnnjax_fashion_mnist`): the four standard
 IDX files (gz or raw, sha256-checked; `cnnjax.training.idx` has the format, the checksums and where
 the files are looked for) come from a source directory, else from TFDS's download. Features are
-`tfds.features.Tensor`, since Image features need TensorFlow.
+`tfds.features.Tensor`, since Image features need TensorFlow. Preparing says so in one line
+("preparing mnist from DIR: 70,000 examples -> DIR"), without TFDS's download banner, its
+warning about the folder not there yet, or its progress bars unless stderr is a terminal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import sys
 import urllib.parse
 import urllib.request
 
@@ -70,17 +74,24 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             stem: idx.read_verified(paths[stem], self._checksums.get(stem), self.name, type(self))
             for stem in idx.STEMS
         }
+        for images, labels in idx.FILES.values():
+            idx.check_pair(self.name, arrays[images], arrays[labels])
+        examples = sum(len(arrays[labels]) for _, labels in idx.FILES.values())
+        origin = self.URL if source is None else source
+        label = self.name.removeprefix("cnnjax_")
+        print(f"preparing {label} from {origin}: {examples:,} examples -> {self._final_dir}")
         return {
             split: self._generate_examples(arrays[images], arrays[labels])
             for split, (images, labels) in idx.FILES.items()
         }
 
+    def _log_download_bytes(self):  # TFDS's "Downloading and preparing ... Unknown size"
+        self._final_dir = self.data_dir  # _split_generators sees a temporary one
+
+    def _log_download_done(self):  # TFDS's "... downloaded and prepared to ..."
+        pass
+
     def _generate_examples(self, images_NHW, labels_N):
-        if images_NHW.shape[1:] != idx.IMAGE_HWC[:2] or images_NHW.shape[:1] != labels_N.shape:
-            raise ValueError(
-                f"{self.name}: images {images_NHW.shape} and labels {labels_N.shape} do not "
-                f"pair up (expected (N, {idx.IMAGE_HWC[0]}, {idx.IMAGE_HWC[1]}) and (N,))"
-            )
         for index, (image_HW, label) in enumerate(zip(images_NHW, labels_N, strict=True)):
             yield index, {"image": image_HW[:, :, None], "label": int(label)}
 
@@ -124,31 +135,61 @@ def builder_class(name: str) -> type[_IdxBuilder]:
     return DATASETS[name]
 
 
-def load(name: str, split: str, *, data_dir=None, source_dir=None, checksums=None):
-    """(images_NHWC uint8, labels_N int32) of split "train" or "test" of dataset `name`.
+def prepare(name: str, *, data_dir=None, source_dir=None, checksums=None):
+    """Dataset `name`'s TFDS builder, its array_record files prepared into data_dir first if
+    they are not there yet (once: later calls only check). Arguments as for `load`; a run
+    calls this before it writes anything, so that missing or corrupt IDX files stop it first.
+    Raises: idx.MissingFiles (a FileNotFoundError: says how to provide the files),
+      idx.CorruptFile (a ValueError); both are RunErrors.
+    """
+    if checksums is not None and data_dir is None:
+        raise ValueError("checksums= replaces the official sha256 table; pass a data_dir for it")
+    source_dir = idx.find_source_dir(name, source_dir)  # a wrong path fails even once prepared
+    builder = builder_class(name)(data_dir=data_dir, source_dir=source_dir, checksums=checksums)
+    # is_prepared() warns about a missing folder; download_and_prepare checks quietly
+    if not (builder.data_path.exists() and builder.is_prepared()):
+        with _quiet_tfds():
+            builder.download_and_prepare()
+    return builder
 
-    Reads through tfds.data_source, preparing the array_record files into data_dir first if
-    they are not there yet (once: later calls only read).
+
+def prepare_section(data_config):
+    """`prepare` for a config's data section (name, source_dir, tfds_dir; "" = the default)."""
+    return prepare(
+        data_config.name,
+        source_dir=data_config.source_dir or None,
+        data_dir=data_config.tfds_dir or None,
+    )
+
+
+def load(name: str, split: str, *, data_dir=None, source_dir=None, checksums=None):
+    """(images_NHWC uint8, labels_N int32) of split "train" or "test" of dataset `name`,
+    read from TFDS's data source after `prepare`.
+
     Args:
       name: "mnist" or "fashion_mnist" (a key of DATASETS).
       data_dir: where TFDS keeps prepared datasets; None: $TFDS_DATA_DIR or ~/tensorflow_datasets.
       source_dir: a directory of the four IDX files; None: see idx.find_source_dir.
       checksums: stem -> sha256 of test IDX files, replacing the official table. Test data
         only, so it needs an explicit data_dir (never mixed with the real datasets).
-    Raises: FileNotFoundError (files missing: says how to provide them), ValueError (corrupt).
+    Raises: as `prepare`.
     """
     if split not in idx.FILES:
         raise ValueError(f"split must be one of {sorted(idx.FILES)}, got {split!r}")
-    if checksums is not None and data_dir is None:
-        raise ValueError("checksums= replaces the official sha256 table; pass a data_dir for it")
-    source_dir = idx.find_source_dir(name, source_dir)  # a wrong path fails even once prepared
-    source = tfds.data_source(
-        builder_class(name).name,
-        split=split,
-        data_dir=data_dir,
-        builder_kwargs={"source_dir": source_dir, "checksums": checksums},
-    )
+    builder = prepare(name, data_dir=data_dir, source_dir=source_dir, checksums=checksums)
+    source = builder.as_data_source(split=split)
     examples = source.__getitems__(range(len(source)))  # one batched read
     images_NHWC = np.stack([example["image"] for example in examples])
     labels_N = np.array([example["label"] for example in examples], np.int32)
     return images_NHWC, labels_N
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS's progress bars only on a terminal (in a log file they are control characters)."""
+    shown = getattr(tfds.core.utils.tqdm_utils, "_active", True)
+    tfds.display_progress_bar(shown and sys.stderr.isatty())
+    try:
+        yield
+    finally:
+        tfds.display_progress_bar(shown)

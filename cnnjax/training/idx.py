@@ -5,7 +5,9 @@ TFDS datasets on this module, and a check that needs a few real images reads the
 Legend: images_NHW / images_NHWC uint8 (C = 1), labels_N class ids. Each decompressed IDX file
 must match the sha256 in its dataset's table; the gzip wrapper is not checked, because
 legitimate copies differ in it. Source directory, in order: the `source_dir` argument (a config
-field / CLI flag), $CNNJAX_DATA_DIR, the dataset's DEFAULT_SOURCE.
+field / CLI flag), $CNNJAX_DATA_DIR, the dataset's DEFAULT_SOURCE. Its errors are RunErrors
+(one line: the file, what is wrong, the fix) that are also a ValueError (a corrupt file) or a
+FileNotFoundError (files missing).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+
+from cnnjax.training import RunError
 
 IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dims (N, H, W)
 LABELS_MAGIC = 0x00000801  # uint8 data, 1 dim (N,)
@@ -32,6 +36,19 @@ ENV_VAR = "CNNJAX_DATA_DIR"  # a directory holding the four IDX files
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # apt-get install -y dataset-fashion-mnist
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"  # full MNIST on our machines
+SOURCE_FLAG = "--config.data.source_dir"  # a run's flag for the source directory
+REPLACE = (
+    f"replace it with an official copy (gz or raw), or pass {SOURCE_FLAG}=DIR "
+    f"(or set {ENV_VAR}=DIR) for a directory of good copies"
+)
+
+
+class CorruptFile(RunError, ValueError):
+    """An IDX file that is not what it must be (broken gzip, bad header, wrong size, sha256)."""
+
+
+class MissingFiles(RunError, FileNotFoundError):
+    """IDX files that are not where they are looked for, or cannot be downloaded."""
 
 
 # --------------------------------------------------------------------------- the format
@@ -45,7 +62,7 @@ def decompressed_bytes(path: Path) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as error:
-        raise ValueError(f"{path}: a broken gzip file ({error}); replace it") from error
+        raise CorruptFile(f"{path}: a broken gzip file ({error}); {REPLACE}") from error
 
 
 def parse_idx(raw: bytes, where) -> np.ndarray:
@@ -53,25 +70,30 @@ def parse_idx(raw: bytes, where) -> np.ndarray:
 
     The header is big-endian: a 4-byte magic 0x00000803 (images) or 0x00000801 (labels),
     whose last byte is the number of dims, then one uint32 per dim; the data follows as uint8.
-    Raises ValueError naming `where` for an unknown magic or a size that does not match.
+    Raises CorruptFile (a ValueError) naming `where` for an unknown magic or a size that does
+    not match.
     """
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
         found = "a file shorter than 4 bytes" if magic is None else f"0x{magic:08x}"
-        raise ValueError(
-            f"{where}: not an MNIST IDX file: magic must be 0x{IMAGES_MAGIC:08x} (images) or "
-            f"0x{LABELS_MAGIC:08x} (labels), got {found}"
+        raise CorruptFile(
+            f"{where}: not an MNIST IDX file: its magic must be 0x{IMAGES_MAGIC:08x} (images) "
+            f"or 0x{LABELS_MAGIC:08x} (labels), got {found}; {REPLACE}"
         )
     ndim = magic & 0xFF
     header_size = 4 + 4 * ndim
     if len(raw) < header_size:
-        raise ValueError(f"{where}: header needs {header_size} bytes, file has {len(raw)}")
+        raise CorruptFile(
+            f"{where}: truncated: its header needs {header_size} bytes, it has {len(raw)}; "
+            f"{REPLACE}"
+        )
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
     expected = header_size + int(np.prod(dims))
     if len(raw) != expected:
-        raise ValueError(
-            f"{where}: header says shape {dims}, which needs {expected} bytes, but the file has "
-            f"{len(raw)} (truncated or corrupt; download it again)"
+        problem = "truncated" if len(raw) < expected else "too long"
+        raise CorruptFile(
+            f"{where}: {problem}: its header says shape {dims}, which needs {expected} bytes, "
+            f"but it has {len(raw)}; {REPLACE}"
         )
     return np.frombuffer(raw, np.uint8, offset=header_size).reshape(dims)
 
@@ -181,9 +203,10 @@ def source_of(facts: type[Dataset], source_dir) -> Path | None:
     for given, origin in ((source_dir, "source_dir"), (os.environ.get(ENV_VAR), ENV_VAR)):
         if given:
             if not Path(given).is_dir():
-                raise FileNotFoundError(
-                    f"{origin}={given} is not a directory; it must be one that holds the four "
-                    f"IDX files {', '.join(STEMS)} (each .gz or raw)"
+                flag = f"{SOURCE_FLAG}=DIR" if origin == "source_dir" else f"{ENV_VAR}=DIR"
+                raise MissingFiles(
+                    f"{origin}={given} is not a directory: pass {flag} for a directory that "
+                    f"holds the four IDX files {', '.join(STEMS)} (each .gz or raw)"
                 )
             return Path(given)
     default = facts.DEFAULT_SOURCE
@@ -192,7 +215,7 @@ def source_of(facts: type[Dataset], source_dir) -> Path | None:
 
 def how_to_provide(facts: type[Dataset]) -> str:
     ways = [
-        "pass source_dir=DIR (--config.source_dir=DIR) for a directory DIR that holds them",
+        f"pass source_dir=DIR ({SOURCE_FLAG}=DIR) for a directory DIR that holds them",
         f"set {ENV_VAR}=DIR",
         f"put them into {facts.DEFAULT_SOURCE}",
     ]
@@ -202,9 +225,9 @@ def how_to_provide(facts: type[Dataset]) -> str:
     return "Ways to provide the IDX files: " + "; ".join(ways) + "."
 
 
-def missing(label: str, facts: type[Dataset], problem: str) -> FileNotFoundError:
+def missing(label: str, facts: type[Dataset], problem: str) -> MissingFiles:
     """The error for IDX files that cannot be had: what is wrong, the four names, the ways."""
-    return FileNotFoundError(
+    return MissingFiles(
         f"{label} cannot be prepared: {problem} It needs the four IDX files "
         f"{', '.join(STEMS)} (each .gz or raw) in one directory. {how_to_provide(facts)}"
     )
@@ -222,18 +245,19 @@ def idx_paths(label: str, facts: type[Dataset], source: Path) -> dict[str, Path]
 
 
 def read_verified(path: Path, expected_sha256: str | None, label: str, facts) -> np.ndarray:
-    """An IDX file's array after checking the sha256 of its decompressed content."""
+    """An IDX file's array, after checking its header and size (parse_idx) and then the sha256
+    of its decompressed content (so a truncated file is called truncated)."""
     raw = decompressed_bytes(Path(path))
+    array = parse_idx(raw, path)
     actual = hashlib.sha256(raw).hexdigest()
     if actual != expected_sha256:
         stem = Path(path).name.removesuffix(".gz")
-        raise ValueError(
-            f"{path}: the sha256 of its decompressed content is {actual}, but {label} "
-            f"expects {expected_sha256} for {stem}. The file is corrupt or not the official "
-            f"one: replace it with an official copy (gz or raw; any gzip wrapper will do). "
-            f"{how_to_provide(facts)}"
+        raise CorruptFile(
+            f"{path}: checksum mismatch: the sha256 of its decompressed content is {actual}, but "
+            f"{label} expects {expected_sha256} for {stem} (a corrupt or unofficial file); "
+            f"{REPLACE}"
         )
-    return parse_idx(raw, path)
+    return array
 
 
 def read_split(name: str, split: str, source: Path, checksums=None):
@@ -247,9 +271,14 @@ def read_split(name: str, split: str, source: Path, checksums=None):
     images_NHW, labels_N = (
         read_verified(paths[stem], table.get(stem), name, facts) for stem in FILES[split]
     )
-    if images_NHW.shape[1:] != IMAGE_HWC[:2] or images_NHW.shape[:1] != labels_N.shape:
-        raise ValueError(
-            f"{name}: images {images_NHW.shape} and labels {labels_N.shape} do not pair up "
-            f"(expected (N, {IMAGE_HWC[0]}, {IMAGE_HWC[1]}) and (N,))"
-        )
+    check_pair(name, images_NHW, labels_N)
     return images_NHW[..., None], labels_N.astype(np.int32)
+
+
+def check_pair(label: str, images_NHW, labels_N) -> None:
+    """A CorruptFile unless images_NHW are 28x28 images and labels_N one label for each."""
+    if images_NHW.shape[1:] != IMAGE_HWC[:2] or images_NHW.shape[:1] != labels_N.shape:
+        raise CorruptFile(
+            f"{label}: images {images_NHW.shape} and labels {labels_N.shape} do not pair up "
+            f"(expected (N, {IMAGE_HWC[0]}, {IMAGE_HWC[1]}) and (N,)); {REPLACE}"
+        )

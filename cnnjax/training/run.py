@@ -149,6 +149,7 @@ def fit(config, directory, *, resume: bool = False) -> dict:
     the summary it wrote."""
     directory, mesh = Path(directory), parallel.make_mesh()
     settings.check(config, mesh)
+    data.prepare_section(config.data)  # bad IDX files stop a run before it writes
     workdir.claim_run(directory, config, resume=resume)
     try:
         if resume and (summary := _finished(directory, config)) is not None:

@@ -3,10 +3,42 @@ choice a run reads, made before any data loads or any file appears."""
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import ml_collections
 
 from cnnjax import models, parallel
-from cnnjax.training import RunError, feed, train
+from cnnjax.training import RunError, feed, idx, train
+
+
+class Range(NamedTuple):
+    """A numeric field's kind ("integer" or "number") and bounds (None: unbounded); `below`:
+    the highest value is excluded."""
+
+    kind: str
+    lowest: float | None = None
+    highest: float | None = None
+    below: bool = False
+
+
+RANGES = {  # every numeric field a run reads
+    "seed": Range("integer"),
+    "data.shift": Range("integer", 0),
+    "data.train_examples": Range("integer", 0),  # 0: all of them
+    "optim.learning_rate": Range("number", 0),
+    "optim.momentum": Range("number", 0, 1),
+    "optim.weight_decay": Range("number", 0),
+    "optim.warmup_epochs": Range("number", 0),
+    "optim.decay_factor": Range("number", 0),
+    "train.epochs": Range("integer", 1),
+    "train.batch_size": Range("integer", 1),
+    "train.label_smoothing": Range("number", 0, 1, below=True),
+    "train.steps_per_chunk": Range("integer", 1),
+    "train.eval_batch_size": Range("integer", 1),
+    "train.checkpoints_kept": Range("integer", 1),
+}
+SWITCHES = ("data.flip", "optim.nesterov", "train.deterministic")  # True or False
 
 
 def get(config, dotted: str):
@@ -44,10 +76,19 @@ def dotted_fields(config, prefix: str = "") -> list[str]:
 
 
 def check(config, mesh=None) -> None:
-    """Every choice-valued field a run reads is one of its choices, and (given the mesh it will
-    run on) the batch splits evenly over its devices; else a RunError naming the field and the
-    flag that fixes it."""
+    """Every field a run reads holds a value it can use (a choice among its choices, a number
+    of the right kind in its RANGES, a switch True or False, the IDX source directory one that
+    exists), and (given the mesh it will run on) the batch splits evenly over its devices;
+    else a RunError naming the field, the value and the flag that fixes it."""
+    for name, bounds in RANGES.items():
+        _check_number(get(config, name), name, bounds)
+    for name in SWITCHES:
+        if not isinstance(get(config, name), bool):
+            raise _invalid(name, "True or False", get(config, name))
+    for step in _steps(config.optim.decay_epochs):  # epochs where the "step" schedule decays
+        _check_number(step, "optim.decay_epochs", Range("number", 0))
     checks = (
+        (config.data.name, tuple(idx.DATASETS), "data.name"),
         (config.model.spec, sorted(models.SPECS), "model.spec"),
         (config.train.gradients, train.GRADIENTS, "train.gradients"),
         (config.optim.schedule, train.SCHEDULES, "optim.schedule"),
@@ -61,6 +102,7 @@ def check(config, mesh=None) -> None:
                 f"config.{name} must be one of {tuple(choices)}, got {value!r}: pass "
                 f"--config.{name}=...; nothing was changed"
             )
+    idx.find_source_dir(config.data.name, config.data.source_dir or None)  # an error if absent
     if mesh is not None:
         try:
             parallel.check_divisible(config.train.batch_size, mesh)
@@ -69,6 +111,31 @@ def check(config, mesh=None) -> None:
                 f"config.train.batch_size: {error}: pass --config.train.batch_size=N; "
                 "nothing was changed"
             ) from None
+
+
+def _check_number(value, name: str, bounds: Range) -> None:
+    kinds = (int,) if bounds.kind == "integer" else (int, float)
+    low, high = bounds.lowest, bounds.highest
+    noun = "an integer" if bounds.kind == "integer" else "a number"
+    wanted = noun if low is None else f"{noun} >= {low}"
+    if high is not None:
+        wanted = f"{wanted} and {'<' if bounds.below else '<='} {high}"
+    fine = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    fine = fine and (low is None or value >= low)
+    fine = fine and (high is None or (value < high if bounds.below else value <= high))
+    if not fine:
+        raise _invalid(name, wanted, value)
+
+
+def _steps(value) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _invalid(name: str, wanted: str, value) -> RunError:
+    return RunError(
+        f"config.{name} must be {wanted}, got {value!r}: pass --config.{name}=...; "
+        "nothing was changed"
+    )
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -59,6 +59,25 @@ def test_idx_files_round_trip_through_tfds(isolated, gz):
     assert "tensorflow" not in sys.modules
 
 
+def test_preparing_says_what_it_does_in_one_line_and_nothing_else(isolated, capfd, caplog):
+    """No "Downloading and preparing dataset Unknown size" (nothing is downloaded), no warning
+    about the folder TFDS is about to make, no progress bars when stderr is not a terminal (a
+    log file would get lines of control characters); the second load only reads."""
+    _, checksums = write_idx_dir(isolated / "idx", gz=True)
+    tfds_dir = isolated / "tfds"
+    load = dict(data_dir=tfds_dir, source_dir=isolated / "idx", checksums=checksums)
+    with caplog.at_level("WARNING"):
+        data.load("mnist", "test", **load)
+    out, err = capfd.readouterr()
+    examples = SIZES["train"] + SIZES["test"]
+    prepared = tfds_dir / "cnnjax_mnist" / "1.0.0"
+    assert out == f"preparing mnist from {isolated / 'idx'}: {examples} examples -> {prepared}\n"
+    assert "\r" not in err and "\x1b" not in err and "examples/s" not in err, err
+    assert "dataset_info.json" not in caplog.text + err, caplog.text
+    data.load("mnist", "train", **load)
+    assert capfd.readouterr() == ("", "")
+
+
 def test_corrupt_content_names_the_file_and_both_sha256s(isolated):
     arrays, checksums = write_idx_dir(isolated / "idx", gz=True)
     images_NHW = arrays["t10k-images-idx3-ubyte"].copy()
@@ -98,7 +117,7 @@ def test_missing_files_list_the_four_names_and_the_ways_to_provide_them(isolated
     with pytest.raises(FileNotFoundError) as excinfo:
         data.load(name, "test", data_dir=isolated / "tfds", source_dir=isolated / "empty")
     message = str(excinfo.value)
-    for expected in (*idx.STEMS, "source_dir=", "--config.source_dir", idx.ENV_VAR):
+    for expected in (*idx.STEMS, "source_dir=", "--config.data.source_dir", idx.ENV_VAR):
         assert expected in message
     assert data.DATASETS[name].URL in message
     assert str(isolated / "no-default-source") in message
