@@ -63,9 +63,10 @@ def _reverse_pass(spec, layer_ps, inputs, dy, vjp) -> dict:
 
 def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing=0.0):
     """One example's loss, logits and gradient by backprop: run the layers forward keeping each
-    layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse."""
+    layer's input, start from dL/dlogits = softmax - target, and apply the rules in reverse.
+    x_HWC is taken as `models.apply` takes it (`models.as_input`)."""
     layer_ps = models.layer_params(params, spec)
-    inputs, h = [], x_HWC
+    inputs, h = [], models.as_input(params, x_HWC)
     for layer, p in zip(spec, layer_ps, strict=True):
         inputs.append(h)
         h = models.layer_apply(layer, p, h)
@@ -76,7 +77,9 @@ def example_backprop(params, x_HWC, label, spec: models.Spec, *, label_smoothing
 
 def backprop_plain(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0):
     """(batch-mean loss, logits_NK, batch-mean gradient): example_backprop vmapped over the
-    examples and averaged. The plain formulation; `backprop` computes the same faster."""
+    examples and averaged. The plain formulation; `backprop` computes the same faster. Inputs
+    are checked as in `backprop`."""
+    x_NHWC = models.as_batch(params, x_NHWC, labels_N, spec, averaged=True)
     per_example = jax.vmap(
         lambda x, y: example_backprop(params, x, y, spec, label_smoothing=label_smoothing)
     )
@@ -125,7 +128,12 @@ def backprop(params, x_NHWC, labels_N, spec: models.Spec, *, label_smoothing=0.0
     """(batch-mean loss, logits_NK, batch-mean gradient) by manual backprop over the batch: the
     forward pass and every dx are the one-example functions vmapped; each parameter gradient is
     summed over the examples inside one op (conv2d_kernel_grad_batch, x^T dy for dense).
-    Equal to backprop_plain within float rounding (tests/test_grads.py)."""
+    Equal to backprop_plain within float rounding (tests/test_grads.py).
+
+    The boundary is `models.loss`'s (`models.as_batch`): float16/bfloat16 images are cast up to
+    the params' dtype, integer images refused; an empty batch and, where concrete, an
+    out-of-range label are ValueErrors."""
+    x_NHWC = models.as_batch(params, x_NHWC, labels_N, spec, averaged=True)
     layer_ps = models.layer_params(params, spec)
     inputs, h = [], x_NHWC
     for layer, p in zip(spec, layer_ps, strict=True):

@@ -38,20 +38,36 @@ def log_softmax(logits):
 
 
 def _is_integer(labels) -> bool:
-    return jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer)
+    dtype = labels.dtype if hasattr(labels, "dtype") else np.asarray(labels).dtype
+    return jnp.issubdtype(dtype, jnp.integer)
 
 
-def _check_label_range(labels, num_classes: int):
-    """Out-of-range integer labels are an error when their values are known (not traced)."""
-    try:
-        values = np.asarray(labels)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+def _at(index) -> str:
+    """' at index i' of a batch's label (i, or a tuple for more dims); '' for a lone label."""
+    if len(index) == 0:
+        return ""
+    return f" at index {int(index[0]) if len(index) == 1 else tuple(int(i) for i in index)}"
+
+
+def check_labels(labels, num_classes: int):
+    """Integer labels must be class ids in [0, num_classes): a ValueError naming the first bad
+    ones, their indices and the class count. Checked only where the values are concrete: traced
+    labels (inside jit or vmap) are skipped, so a traced program never stops or waits for the
+    device here; concrete ones are read to the host once. The one label check of every loss
+    entry point (cross_entropy, cnnjax.models, cnnjax.backprop), which run it on a batch's
+    labels before a vmap traces them."""
+    if isinstance(labels, jax.core.Tracer) or not _is_integer(labels):
         return
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}) for logits with {num_classes} classes, "
-            f"got values from {values.min()} to {values.max()}"
-        )
+    values = np.asarray(labels)
+    bad = np.argwhere((values < 0) | (values >= num_classes))
+    if not len(bad):
+        return
+    shown = [f"{values[tuple(i)]}{_at(i)}" for i in bad[:3]]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}) for {num_classes} classes, "
+        f"got {', '.join(shown)}{more}"
+    )
 
 
 def target_distribution(logits, labels, label_smoothing: float = 0.0):
@@ -68,7 +84,7 @@ def target_distribution(logits, labels, label_smoothing: float = 0.0):
                 f"integer labels must have shape {logits.shape[:-1]} for logits of shape "
                 f"{logits.shape}, got {jnp.shape(labels)}"
             )
-        _check_label_range(labels, num_classes)
+        check_labels(labels, num_classes)
         target = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
     else:
         if jnp.shape(labels) != logits.shape:
@@ -87,7 +103,9 @@ def cross_entropy(logits, labels, *, label_smoothing: float = 0.0):
 
     Args:
       logits: shape (..., K), any float dtype.
-      labels: integer class ids, shape (...), or probability targets, shape (..., K).
+      labels: integer class ids, shape (...), or probability targets, shape (..., K). Class ids
+        outside [0, K) are a ValueError where concrete (`check_labels`); traced ones (under jit
+        or vmap) are not checked: one_hot gives them an all-zero target (loss 0 unsmoothed).
       label_smoothing: a in [0, 1]; the target becomes (1 - a) q + a / K.
     Returns:
       Losses of shape (...): one per example, not averaged.

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cnnjax import losses, ops
 from cnnjax.output import tables
@@ -172,6 +173,49 @@ def output_shapes(spec: Spec, input_shape) -> list[tuple[int, ...]]:
     return shapes
 
 
+# --------------------------------------------------------------------------- the boundary
+# Checked before a vmap traces the inputs, and under jit too, but for label values (traced).
+
+
+def as_input(params, x):
+    """x in the params' dtype (that of their first leaf). A narrower float (float16 or bfloat16
+    images, float32 params) is cast up, exactly; integer images are refused (their scale is the
+    caller's to choose), as are floats the params' dtype would round (a cast to ask for)."""
+    x_dtype = jax.dtypes.canonicalize_dtype(jnp.result_type(x))
+    p_dtype = next((leaf.dtype for leaf in jax.tree.leaves(params)), None)
+    if not jnp.issubdtype(x_dtype, jnp.floating):
+        raise ValueError(
+            f"the network takes float images, got dtype {x_dtype}; scale 0..255 pixels to "
+            f"floats: x.astype(jnp.{p_dtype or 'float32'}) / 255 (cnnjax.training.train.to_float)"
+        )
+    if p_dtype is None or x_dtype == p_dtype:
+        return x
+    if not np.can_cast(x_dtype, p_dtype, casting="safe"):  # exactly, value for value
+        raise ValueError(
+            f"images of dtype {x_dtype} do not fit the params' {p_dtype} exactly; cast one to the "
+            f"other: x.astype(jnp.{p_dtype}) or jax.tree.map(lambda p: p.astype(jnp.{x_dtype}), "
+            "params)"
+        )
+    return jnp.asarray(x).astype(p_dtype)
+
+
+def as_batch(params, x_NHWC, labels_N, spec: Spec, *, averaged: bool):
+    """x_NHWC through `as_input`, after checking one label per example, integer labels in [0, K)
+    for the spec's K outputs (`losses.check_labels`: concrete labels only) and, for a mean over
+    the batch (`averaged`), at least one example."""
+    shape = tuple(jnp.shape(x_NHWC))
+    if averaged and shape[:1] in ((), (0,)):
+        raise ValueError(f"x_NHWC of shape {shape} holds no examples; a batch mean needs one")
+    x_NHWC = as_input(params, x_NHWC)
+    if labels_N is not None:
+        if jnp.shape(labels_N)[:1] != shape[:1]:
+            got = tuple(jnp.shape(labels_N))
+            raise ValueError(f"labels_N must hold a label per example of x_NHWC {shape}, got {got}")
+        out_shape = output_shapes(spec, shape[1:])[-1] if spec else shape
+        losses.check_labels(labels_N, out_shape[-1])
+    return x_NHWC
+
+
 # --------------------------------------------------------------------------- init and apply
 
 
@@ -226,8 +270,8 @@ def layer_params(params: dict, spec: Spec) -> list:
 
 
 def apply(params: dict, x_HWC, spec: Spec, fns: LayerFns = PLAIN):
-    """Logits of one example: the layers of `spec` in order."""
-    h = x_HWC
+    """Logits of one example: the layers of `spec` in order, in the params' dtype (`as_input`)."""
+    h = as_input(params, x_HWC)
     for layer, p in zip(spec, layer_params(params, spec), strict=True):
         h = layer_apply(layer, p, h, fns)
     return h
@@ -237,12 +281,14 @@ def apply(params: dict, x_HWC, spec: Spec, fns: LayerFns = PLAIN):
 
 
 def batch_logits(params, x_NHWC, spec: Spec, fns: LayerFns = PLAIN):
-    """logits_NK: `apply` vmapped over the leading axis."""
+    """logits_NK: `apply` vmapped over the leading axis (an empty batch gives shape (0, K))."""
+    x_NHWC = as_batch(params, x_NHWC, None, spec, averaged=False)
     return jax.vmap(lambda x: apply(params, x, spec, fns))(x_NHWC)
 
 
 def per_example_losses(params, x_NHWC, labels_N, spec: Spec, *, label_smoothing=0.0, fns=PLAIN):
-    """Cross-entropy of each example, shape (N,)."""
+    """Cross-entropy of each example, shape (N,); the inputs checked by `as_batch`."""
+    x_NHWC = as_batch(params, x_NHWC, labels_N, spec, averaged=False)
 
     def one(x_HWC, label):
         return losses.cross_entropy(
@@ -253,7 +299,10 @@ def per_example_losses(params, x_NHWC, labels_N, spec: Spec, *, label_smoothing=
 
 
 def loss(params, x_NHWC, labels_N, spec: Spec, *, label_smoothing=0.0, fns=PLAIN):
-    """The batch-mean cross-entropy: what training differentiates."""
+    """The batch-mean cross-entropy: what training differentiates. An empty batch (mean NaN)
+    is a ValueError, as are out-of-range labels where concrete. Under jit they go unchecked: such
+    a label's one-hot target is all zeros, so unsmoothed its example adds 0 (and counts in N)."""
+    as_batch(params, x_NHWC, None, spec, averaged=True)  # labels: per_example_losses checks them
     per_example = per_example_losses(
         params, x_NHWC, labels_N, spec, label_smoothing=label_smoothing, fns=fns
     )
@@ -261,7 +310,9 @@ def loss(params, x_NHWC, labels_N, spec: Spec, *, label_smoothing=0.0, fns=PLAIN
 
 
 def per_example_grads(params, x_NHWC, labels_N, spec: Spec, *, label_smoothing=0.0, fns=PLAIN):
-    """Gradient of each example's loss: the params pytree with a leading axis N on every leaf."""
+    """Gradient of each example's loss: the params pytree with a leading axis N on every leaf
+    (inputs checked as in `per_example_losses`)."""
+    x_NHWC = as_batch(params, x_NHWC, labels_N, spec, averaged=False)
 
     def one(x_HWC, label):
         def example_loss(p):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Pair = tuple[int, int]
@@ -101,6 +102,19 @@ def _check_rank(x, rank: int, name: str, layout: str):
         )
 
 
+def _check_dtypes(op: str, x, w, b):
+    """lax convolves and multiplies arrays of one dtype; a mismatch (e.g. uint8 pixels and a
+    float32 kernel) is refused here, with the cast that fixes it, rather than promoted."""
+    given = {"x": x.dtype, "kernel": w.dtype} | ({} if b is None else {"bias": b.dtype})
+    if len(set(given.values())) == 1:
+        return
+    fix = f"cast x: x.astype(jnp.{w.dtype})"
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        fix = f"integer pixels 0..255 become floats by x.astype(jnp.{w.dtype}) / 255"
+    names = ", ".join(f"{name} {dtype}" for name, dtype in given.items())
+    raise ValueError(f"{op} takes x, kernel and bias of one dtype, got {names}; {fix}")
+
+
 def conv2d_shape(x_shape, w_shape, *, stride=1, padding: Padding = "VALID"):
     """Output shape (H', W', O) of `conv2d`, with every argument checked."""
     if len(x_shape) != 3:
@@ -152,6 +166,7 @@ def conv2d(x_HWC, w_HWIO, b_O=None, *, stride=1, padding: Padding = "VALID"):
     """
     _check_rank(x_HWC, 3, "x", "H, W, C")
     _check_rank(w_HWIO, 4, "kernel", "H, W, I, O")
+    _check_dtypes("conv2d", x_HWC, w_HWIO, b_O)
     conv2d_shape(x_HWC.shape, w_HWIO.shape, stride=stride, padding=padding)
     stride_hw = as_pair(stride, "stride")
     pads = explicit_padding(x_HWC.shape[:2], w_HWIO.shape[:2], stride_hw, padding)
@@ -178,18 +193,29 @@ def _pool_args(x_HWC, window, stride, padding):
 def max_pool(x_HWC, window, stride=None, padding: Padding = "VALID"):
     """Max over each window, per channel: y[i, j, c] = max_{m, n} xpad[i*s + m, j*s + n, c].
 
-    Padding is -inf, so it never wins. `stride` defaults to `window` (non-overlapping windows).
+    Padding is -inf (an integer dtype's minimum), so it never wins. `stride` defaults to
+    `window` (non-overlapping windows). The output has x's dtype.
     """
     window_hw, stride_hw, pads = _pool_args(x_HWC, window, stride, padding)
+    floor = -jnp.inf  # a Python scalar: lax recognises max-with-identity and differentiates it
+    if not jnp.issubdtype(x_HWC.dtype, jnp.inexact):
+        floor = np.array(jnp.iinfo(x_HWC.dtype).min, x_HWC.dtype)
     return lax.reduce_window(
-        x_HWC, -jnp.inf, lax.max, (*window_hw, 1), (*stride_hw, 1), (*pads, (0, 0))
+        x_HWC, floor, lax.max, (*window_hw, 1), (*stride_hw, 1), (*pads, (0, 0))
     )
 
 
 def avg_pool(x_HWC, window, stride=None, padding: Padding = "VALID", *, count_include_pad=True):
     """Mean over each window, per channel. Padding counts as zeros in the mean unless
-    `count_include_pad=False`, which divides by the number of real inputs (as Flax does)."""
+    `count_include_pad=False`, which divides by the number of real inputs (as Flax does).
+
+    The output has x's dtype if x is a float. An integer x is averaged in JAX's default float
+    dtype (float32; float64 with x64), as jnp.mean does: summed in x's own dtype, four uint8
+    200s would wrap around (800 mod 256 = 32).
+    """
     window_hw, stride_hw, pads = _pool_args(x_HWC, window, stride, padding)
+    if not jnp.issubdtype(x_HWC.dtype, jnp.inexact):
+        x_HWC = x_HWC.astype(jnp.result_type(float))
     divisor = pool_divisor(x_HWC.shape, x_HWC.dtype, window_hw, stride_hw, pads, count_include_pad)
     return window_sum(x_HWC, window_hw, stride_hw, pads) / divisor
 
@@ -221,6 +247,7 @@ def dense(x_I, w_IO, b_O=None):
     """Fully connected layer: y[o] = sum_i x[i] * w[i, o] + b[o]."""
     _check_rank(x_I, 1, "x", "I")
     _check_rank(w_IO, 2, "kernel", "I, O")
+    _check_dtypes("dense", x_I, w_IO, b_O)
     if x_I.shape[0] != w_IO.shape[0]:
         raise ValueError(
             f"x has {x_I.shape[0]} features (shape {x_I.shape}) but the kernel expects "

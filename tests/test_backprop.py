@@ -134,3 +134,45 @@ def test_example_backprop_is_one_examples_loss_logits_and_gradient(spec, shape):
     assert jax.tree.structure(got) == jax.tree.structure(want)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=F64_TOL)
+
+
+# --------------------------------------------------------------------------- the boundary
+# models.loss's boundary (models.as_batch), on a small net of 3 classes.
+SMALL = (models.Conv(2, 3), models.ReLU(), models.Flatten(), models.Dense(3))
+ENTRY_POINTS = {
+    "value_and_grad": backprop.value_and_grad,
+    "backprop": backprop.backprop,
+    "backprop_plain": backprop.backprop_plain,
+}
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    params = models.init(jax.random.key(0), SMALL, (6, 6, 1))
+    x = jax.random.normal(jax.random.key(1), (4, 6, 6, 1))
+    return params, x, jnp.array([0, 2, 1, 2])
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_backprop_refuses_out_of_range_labels_and_an_empty_batch(small_case, entry):
+    params, x, _ = small_case
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for 3 classes, got 5 at"):
+        entry(params, x, jnp.array([0, 1, 5, 2]), SMALL)
+    with pytest.raises(ValueError, match=r"x_NHWC of shape \(0, 6, 6, 1\) holds no examples"):
+        entry(params, x[:0], jnp.zeros(0, jnp.int32), SMALL)
+    with pytest.raises(ValueError, match=r"the network takes float images, got dtype uint8"):
+        entry(params, x.astype(jnp.uint8), jnp.array([0, 1, 1, 2]), SMALL)
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS.values(), ids=ENTRY_POINTS.keys())
+def test_backprop_casts_bfloat16_images_up_to_the_params_exactly(small_case, entry):
+    params, x, labels = small_case
+    low = x.astype(jnp.bfloat16)
+    up = low.astype(jnp.float32)  # exactly the bfloat16 values
+    jitted = jax.jit(entry, static_argnums=3)  # dtypes are static: the cast happens under jit
+    got, want = jitted(params, low, labels, SMALL), jitted(params, up, labels, SMALL)
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+    # Traced labels go unchecked: an out-of-range label's example adds 0 and counts in N.
+    loss = jitted(params, x, jnp.array([0, 2, 1, 7]), SMALL)[0]
+    first_three = models.per_example_losses(params, x[:3], labels[:3], SMALL)
+    np.testing.assert_allclose(loss, jnp.sum(first_three) / 4, rtol=F32_TOL)

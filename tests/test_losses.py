@@ -318,11 +318,34 @@ def test_accuracy_with_int_and_one_hot_labels(float_dtype):
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("bad", [[0, 3], [-1, 1]])
-def test_out_of_range_integer_label(bad):
-    z = jnp.zeros((2, 3))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\) for logits with 3 classes"):
+@pytest.mark.parametrize(
+    "bad, named",
+    [([0, 3], "got 3 at index 1"), ([-1, 1], "got -1 at index 0"), (5, "got 5$")],
+)
+def test_out_of_range_integer_label_names_the_value_and_its_index(bad, named):
+    z = jnp.zeros((2, 3)) if np.ndim(bad) else jnp.zeros(3)
+    with pytest.raises(ValueError, match=rf"labels must lie in \[0, 3\) for 3 classes, {named}"):
         losses.cross_entropy(z, jnp.asarray(bad))
+
+
+def test_label_check_lists_the_first_three_bad_labels_and_counts_the_rest():
+    labels = np.array([[0, 7, 1], [9, -2, 8]])  # 4 bad of 6, in row-major order
+    with pytest.raises(ValueError) as raised:
+        losses.check_labels(labels, 3)
+    assert str(raised.value) == (
+        "labels must lie in [0, 3) for 3 classes, "
+        "got 7 at index (0, 1), 9 at index (1, 0), -2 at index (1, 1) and 1 more"
+    )
+    losses.check_labels(np.array([0, 2]), 3)  # in range: no error
+    losses.check_labels(np.array([[0.2, 0.8]]), 1)  # probability targets: not class ids
+
+
+def test_label_check_is_skipped_for_traced_labels():
+    """Under jit the labels are tracers: no check (it would need their values), no error."""
+    z = jnp.zeros((2, 3))
+    got = jax.jit(losses.cross_entropy)(z, jnp.asarray([0, 3]))
+    # one_hot of 3 with 3 classes is all zeros, so that example's target is empty: loss 0.
+    np.testing.assert_array_equal(got, [losses.cross_entropy(z[0], jnp.asarray(0)), 0.0])
 
 
 def test_label_shape_mismatch():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import losses, models
+from cnnjax import grads, losses, models
 from cnnjax.models import AvgPool, Conv, Dense, Flatten, MaxPool, ReLU
 
 # float32 logits/losses/grads of these small nets, batched (vmap) vs one at a time: the same
@@ -356,3 +356,132 @@ def test_init_is_deterministic_per_key():
     twin = (Dense(4), Dense(4))
     p = models.init(jax.random.key(7), (Flatten(), *twin), (2, 2, 1))
     assert not np.allclose(np.asarray(p["dense1"]["kernel"]), np.asarray(p["dense2"]["kernel"]))
+
+
+# --------------------------------------------------------------------------- the boundary
+# SMALL has 3 classes; labels 3 (index 1) and -1 (index 3) are out of range.
+BAD_LABELS = jnp.asarray([0, 3, 1, -1])
+BAD_LABELS_MESSAGE = r"labels must lie in \[0, 3\) for 3 classes, got 3 at index 1, -1 at index 3\b"
+LOSS_ENTRY_POINTS = {
+    "loss": models.loss,
+    "per_example_losses": models.per_example_losses,
+    "per_example_grads": models.per_example_grads,
+    "per_example_grad_norms": models.per_example_grad_norms,
+    "grad_of_loss": jax.grad(models.loss),
+    "grad_of_loss_twins": lambda *args: jax.grad(models.loss)(*args, fns=grads.HAND_DERIVED),
+}
+
+
+@pytest.mark.parametrize("entry", LOSS_ENTRY_POINTS.values(), ids=LOSS_ENTRY_POINTS.keys())
+def test_concrete_out_of_range_labels_are_refused_before_the_vmap(small_case, entry):
+    params, x_NHWC, _ = small_case
+    with pytest.raises(ValueError, match=BAD_LABELS_MESSAGE):
+        entry(params, x_NHWC, BAD_LABELS, SMALL)
+    with pytest.raises(ValueError, match=r"labels_N must hold a label per example of x_NHWC"):
+        entry(params, x_NHWC, BAD_LABELS[:3], SMALL)
+
+
+def test_traced_labels_are_not_checked_and_an_out_of_range_one_adds_zero(small_case):
+    """Under jit the labels are tracers, so the program compiles and runs: one_hot gives an
+    out-of-range label an all-zero target, so its example adds 0 to the sum and still counts
+    in the mean's N."""
+    params, x_NHWC, _ = small_case
+    in_range = per_example_losses(params, x_NHWC, jnp.asarray([0, 0, 1, 0]), SMALL)
+    got = loss(params, x_NHWC, BAD_LABELS, SMALL)
+    want = (in_range[0] + in_range[2]) / 4
+    np.testing.assert_allclose(float(got), float(want), rtol=F32_RTOL)
+
+
+class _CountingNumpy:
+    """numpy as cnnjax.losses sees it, counting np.asarray: the label check's read to the host."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def asarray(self, *args, **kwargs):
+        self.reads += 1
+        return np.asarray(*args, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_jitted_training_step_reads_no_label_to_the_host(small_case, monkeypatch, dtype):
+    from cnnjax.training import train  # the step whose hot path must stay free of host syncs
+
+    params, x_NHWC, labels = small_case
+    spy = _CountingNumpy()
+    monkeypatch.setattr(losses, "np", spy)
+    for gradients in train.GRADIENTS:
+        step = jax.jit(
+            functools.partial(train.loss_logits_grads, spec=SMALL, dtype=dtype),
+            static_argnames="gradients",
+        )
+        step(params, x_NHWC, labels, gradients=gradients)[0].block_until_ready()
+    assert spy.reads == 0
+    models.loss(params, x_NHWC, labels, SMALL)  # eager: the spy does see the check's read
+    assert spy.reads == 1
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "bool"])
+def test_integer_images_are_refused_with_the_cast_that_scales_them(small_case, dtype):
+    params, x_NHWC, labels = small_case
+    pixels = (jnp.abs(x_NHWC) * 100).astype(dtype)
+    message = (
+        rf"the network takes float images, got dtype {dtype}; scale 0..255 pixels to floats: "
+        r"x.astype\(jnp.float32\) / 255"
+    )
+    for call in (
+        lambda: models.apply(params, pixels[0], SMALL),
+        lambda: models.batch_logits(params, pixels, SMALL),
+        lambda: models.loss(params, pixels, labels, SMALL),
+        lambda: loss(params, pixels, labels, SMALL),  # dtypes are static: checked under jit too
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_images_are_cast_up_to_the_params_exactly(small_case, dtype):
+    """float16 and bfloat16 values are all float32 values, so the cast loses nothing: the
+    results equal those of the float32 copy, bit for bit."""
+    params, x_NHWC, labels = small_case
+    low = x_NHWC.astype(dtype)
+    up = low.astype(jnp.float32)
+    logits = batch_logits(params, low, SMALL)
+    assert logits.dtype == jnp.float32
+    np.testing.assert_array_equal(logits, batch_logits(params, up, SMALL))
+    np.testing.assert_array_equal(apply(params, low[0], SMALL), apply(params, up[0], SMALL))
+    np.testing.assert_array_equal(loss(params, low, labels, SMALL), loss(params, up, labels, SMALL))
+    g_low, g_up = loss_grad(params, low, labels, SMALL), loss_grad(params, up, labels, SMALL)
+    jax.tree.map(np.testing.assert_array_equal, g_low, g_up)
+
+
+def test_images_the_params_dtype_would_round_are_refused(small_case):
+    params, x_NHWC, labels = small_case
+    half_params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    with pytest.raises(
+        ValueError,
+        match=r"images of dtype float16 do not fit the params' bfloat16 exactly; cast one to the "
+        r"other: x.astype\(jnp.bfloat16\) or jax.tree.map",
+    ):
+        models.loss(half_params, x_NHWC.astype(jnp.float16), labels, SMALL)
+    with jax.enable_x64(True):
+        with pytest.raises(ValueError, match=r"images of dtype float64 do not fit the params'"):
+            models.batch_logits(params, np.asarray(x_NHWC, np.float64), SMALL)
+
+
+def test_an_empty_batch_has_no_mean_loss_but_empty_per_example_results(small_case):
+    params, x_NHWC, labels = small_case
+    empty_x, empty_labels = x_NHWC[:0], labels[:0]
+    message = r"x_NHWC of shape \(0, 8, 8, 2\) holds no examples; a batch mean needs one"
+    for call in (
+        lambda: models.loss(params, empty_x, empty_labels, SMALL),
+        lambda: loss(params, empty_x, empty_labels, SMALL),  # shapes are static: under jit too
+        lambda: loss_grad(params, empty_x, empty_labels, SMALL),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert batch_logits(params, empty_x, SMALL).shape == (0, 3)
+    assert per_example_losses(params, empty_x, empty_labels, SMALL).shape == (0,)

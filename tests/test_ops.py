@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -401,6 +402,29 @@ def test_pool_jit_equals_no_jit_and_vmap_equals_loop():
         np.testing.assert_allclose(np.asarray(jax.jit(pool)(x_NHWC[0])), looped[0], rtol=JIT_RTOL)
 
 
+def test_avg_pool_of_integers_averages_in_float_without_wrapping_around():
+    """Four uint8 200s sum to 800, past uint8's 255: summed in uint8 they would give 32 / 4 = 8."""
+    x = np.full((4, 4, 1), 200, np.uint8)
+    y = ops.avg_pool(x, 2)
+    assert y.dtype == jnp.float32
+    np.testing.assert_array_equal(y, np.full((2, 2, 1), 200.0, np.float32))
+    # int8 with a window over padding, counting only the real inputs: the float result exactly.
+    x8 = np.array([[100, -100, 7], [90, 120, -128], [1, 2, 3]], np.int8)[..., None]
+    pool = functools.partial(ops.avg_pool, window=2, stride=1, padding="SAME")
+    for include in (True, False):
+        want = pool(x8.astype(np.float32), count_include_pad=include)
+        np.testing.assert_array_equal(pool(x8, count_include_pad=include), want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32])
+def test_max_pool_of_integers_keeps_the_dtype_and_padding_never_wins(dtype):
+    low = np.iinfo(dtype).min
+    x = np.array([[low, low + 1], [low + 3, low + 2]], dtype)[..., None]
+    y = ops.max_pool(x, 2, 1, "SAME")  # the bottom and right windows hold padding
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y[..., 0], np.array([[3, 2], [3, 2]]) + low)
+
+
 # --------------------------------------------------------------------------- relu, dense, flatten
 
 
@@ -550,6 +574,29 @@ def test_pool_padding_not_below_window(padding):
     with pytest.raises(ValueError, match=r"pool padding .* smaller than the window"):
         ops.avg_pool(X, 2, padding=padding, count_include_pad=False)
     assert ops.max_pool(X, 2, padding=((1, 1), (1, 1))).shape == (3, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "x_dtype, fix",
+    [
+        (np.uint8, r"integer pixels 0..255 become floats by x.astype\(jnp.float32\) / 255"),
+        (jnp.float16, r"cast x: x.astype\(jnp.float32\)"),
+    ],
+)
+def test_conv_and_dense_refuse_mixed_dtypes_with_the_cast(x_dtype, fix):
+    w, b = np.ones((3, 3, 1, 2), np.float32), np.zeros(2, np.float32)
+    with pytest.raises(ValueError) as raised:
+        ops.conv2d(np.ones((5, 5, 1), x_dtype), w, b)
+    dtype = np.dtype(x_dtype)
+    assert re.fullmatch(
+        rf"conv2d takes x, kernel and bias of one dtype, got x {dtype}, kernel float32, "
+        rf"bias float32; {fix}",
+        str(raised.value),
+    )
+    with pytest.raises(ValueError, match=rf"dense takes .* got x {dtype}, kernel float32; {fix}"):
+        ops.dense(np.ones(3, x_dtype), np.ones((3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"got x float32, kernel float32, bias float16; cast"):
+        ops.conv2d(np.ones((5, 5, 1), np.float32), w, b.astype(np.float16))
 
 
 def test_bias_of_wrong_shape():
