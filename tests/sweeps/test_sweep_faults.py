@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,19 +141,25 @@ def test_a_sweep_killed_at_a_random_moment_resumes_to_the_uninterrupted_results(
     command, reference, tmp_path
 ):
     seed = random.randrange(10**6)
-    delay = random.Random(seed).uniform(0.0, 3.0)
-    workdir = tmp_path / "sweep"
-    victim = command(workdir)
-    deadline = time.monotonic() + 120
-    while not (workdir / "populations").exists() and victim.poll() is None:
-        assert time.monotonic() < deadline, "the sweep never started a population"
-        time.sleep(0.01)
-    time.sleep(delay)  # somewhere in training, evaluation, checkpoints or results
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    draw, workdir, window_s = random.Random(seed), tmp_path / "sweep", 3.0
+    for _ in range(3):  # a kill drawn after the sweep's end is drawn again, within its length
+        shutil.rmtree(workdir, ignore_errors=True)
+        victim = command(workdir)
+        deadline = time.monotonic() + 120
+        while not (workdir / "populations").exists() and victim.poll() is None:
+            assert time.monotonic() < deadline, "the sweep never started a population"
+            time.sleep(0.01)
+        started, delay = time.monotonic(), draw.uniform(0.0, window_s)
+        while victim.poll() is None and time.monotonic() < started + delay:
+            time.sleep(0.01)  # somewhere in training, evaluation, checkpoints or results
+        if victim.poll() is None:
+            victim.send_signal(signal.SIGKILL)
+            victim.communicate()
+            break
+        window_s = 0.9 * (time.monotonic() - started)
+    assert victim.returncode == KILLED, f"the sweep always ended first (seed {seed})"
     finish(command(workdir, "--resume"))
-    when = f"killed {delay:.2f} s in (seed {seed}, exit status {victim.returncode})"
-    assert_like(workdir, reference, when)
+    assert_like(workdir, reference, f"killed {delay:.2f} s in (seed {seed})")
 
 
 def test_a_shard_killed_between_rows_resumes_and_merges_to_the_uninterrupted_results(
