@@ -4,7 +4,8 @@ differ only in numbers, trained together as ONE jitted program.
 Each member has its own seed (so its own init, data order and augmentation, exactly as its solo
 run would draw them) and its own hyperparameters (HYPER), which enter the program as traced
 scalars. A member whose update is not finite is frozen at its last finite state and marked
-(`diverged_at`); the others go on undisturbed.
+(`diverged_at`), and so is one whose epoch's evaluation (test loss) or params are not finite;
+the others go on undisturbed.
 
 Layouts of the member axis (LAYOUTS), all the same numbers within float rounding:
   "vmap"    jax.vmap of the member step: XLA sees one convolution with M feature groups.
@@ -30,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import parallel
+from cnnjax import faults, parallel
 from cnnjax.output import jsonl, progress
 from cnnjax.training import checkpoints, settings, train
 
@@ -191,6 +192,19 @@ def stack_rows(metrics_SM: list[dict]) -> dict:
     return {k: np.stack([np.asarray(m[k], np.float64) for m in host]) for k in host[0]}
 
 
+def judge(pop: Population, test_losses, step: int, mesh) -> Population:
+    """`pop` with every healthy member whose test loss (one per member) or params are not
+    finite marked as diverged at `step`; from then on its steps leave it frozen."""
+    leaves = jax.tree.leaves(pop.state.params)
+    finite_params = jnp.stack(
+        [jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for leaf in leaves]
+    ).all(axis=0)
+    finite = np.isfinite(np.asarray(test_losses, np.float64)) & np.asarray(finite_params)
+    before = np.asarray(pop.diverged_at)
+    diverged_at = np.where((before == 0) & ~finite, step, before).astype(np.int32)
+    return pop._replace(diverged_at=parallel.put_replicated(diverged_at, mesh))
+
+
 # --------------------------------------------------------------------------------- on disk
 
 
@@ -253,14 +267,18 @@ def fit(
             start = time.perf_counter()
             pop, seen = _epoch(pop, step, train_feed, epoch, config, label)
             seconds = time.perf_counter() - start
-            for k, index in enumerate(members):
-                test = train.evaluate_fed(
+            tests = [
+                train.evaluate_fed(
                     member(pop, k).state.params,
                     test_feed,
                     spec=spec,
                     batch_size=config.train.eval_batch_size,
                     dtype=config.train.compute_dtype,
                 )
+                for k in range(len(members))
+            ]
+            pop = judge(pop, [t["loss"] for t in tests], (epoch + 1) * steps, mesh)
+            for k, index in enumerate(members):
                 writer.write(
                     kind="epoch",
                     step=(epoch + 1) * steps,
@@ -268,11 +286,13 @@ def fit(
                     member=index,
                     train_loss=np.mean(seen["loss"][:, k]),
                     train_accuracy=np.mean(seen["accuracy"][:, k]),
-                    test_loss=test["loss"],
-                    test_accuracy=test["accuracy"],
+                    test_loss=tests[k]["loss"],
+                    test_accuracy=tests[k]["accuracy"],
                     diverged_at=int(pop.diverged_at[k]) or None,
                     seconds=seconds,
                 )
+                faults.point("population.row")
             checkpoints.save(saved, epoch + 1, pop)
+            faults.point("population.checkpoint")
     saved.wait_until_finished()
     return pop

@@ -1,17 +1,65 @@
-"""Sweep results: per-setting mean +- std over seeds, the best setting, the table and plots.
+"""Sweep results: the results file, per-setting mean +- std over seeds, the best setting, the
+table and plots.
 
 A results row is one member's outcome (see cnnjax.sweeps.sweep): its "member" index, "overrides"
 ({field: value}, the seed included), "test_accuracy", "test_loss" and "diverged_at" (None, or
-the step whose update was not finite). A setting is the overrides without the seed.
+the step whose update or evaluation was not finite). A setting is the overrides without the seed.
+
+A results file (results.jsonl) holds one row per member and is only ever replaced whole
+(`write_rows`), so a killed sweep leaves the previous file or the next, never a duplicate or a
+half-written row; `by_member` reads files an older version may have left with repeated rows.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 
-from cnnjax.output import tables
+from cnnjax import faults
+from cnnjax.output import jsonl, tables
+
+# ------------------------------------------------------------------------------ the results file
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The member rows of a results file in file order ([] if there is none yet)."""
+    return jsonl.read_metrics(path, "member") if Path(path).exists() else []
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replace the results file at `path` by `rows`, atomically: a kill at any moment leaves
+    either the old file or the new one (the rows go to a temporary file renamed over it)."""
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)  # a killed write's leftover
+    with jsonl.MetricsWriter(partial) as writer:
+        for row in rows:
+            writer.write(row)
+            faults.point("results.row")
+    os.replace(partial, path)
+
+
+def by_member(rows: list[dict]) -> tuple[dict[int, dict], list[int]]:
+    """(member -> its row, members with rows that disagree). Identical repeats of a row count
+    once; a member whose rows disagree is left out of the dict and listed instead."""
+    seen: dict[int, dict] = {}
+    conflicts: list[int] = []
+    for row in rows:
+        m = row["member"]
+        if m in seen and _key(seen[m]) != _key(row) and m not in conflicts:
+            conflicts.append(m)
+        seen.setdefault(m, row)
+    return {m: r for m, r in seen.items() if m not in conflicts}, sorted(conflicts)
+
+
+def _key(row: dict) -> str:
+    return json.dumps(row, sort_keys=True)  # NaN != NaN as floats, but "NaN" == "NaN" here
+
+
+# ----------------------------------------------------------------------------- the settings
 
 
 def _setting(overrides: dict) -> tuple:
@@ -21,7 +69,10 @@ def _setting(overrides: dict) -> tuple:
 def settings_summary(results: list[dict]) -> list[dict]:
     """One dict per setting (the overrides but the seed), in sweep order: its members, how many
     diverged, and mean / std (ddof 1; 0 for one member) of test accuracy and loss over the
-    members that did not diverge."""
+    members that did not diverge. `results` holds one row per member (by_member)."""
+    members = [r["member"] for r in results]
+    if len(set(members)) != len(members):
+        raise ValueError(f"results list a member twice: {sorted(members)}")
     by_setting: dict[tuple, list[dict]] = {}
     for row in sorted(results, key=lambda r: r["member"]):
         by_setting.setdefault(_setting(row["overrides"]), []).append(row)

@@ -4,12 +4,15 @@ the results of a sweep's shards.
 
 A sweep directory holds sweep.json (the base config, the axes, the shard), plan.json (members
 per population), populations/<p>/ (population.fit's metrics and checkpoints) and
-results.jsonl (a line per finished member); `merge` assembles the shards' results.
+results.jsonl (a line per finished member, rewritten whole after each population, so that a
+killed sweep never leaves a member there twice or half a row; cnnjax.sweeps.results); `merge`
+assembles the shards' results.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -84,7 +87,9 @@ def _planned(directory: Path, configs: dict, loaded: dict, options: dict) -> lis
     if path.exists():
         return json.loads(path.read_text())
     populations = plan(configs, loaded, options)
-    path.write_text(json.dumps(populations) + "\n")
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(populations) + "\n")
+    os.replace(partial, path)  # a kill leaves no plan or the whole plan, never half of one
     return populations
 
 
@@ -107,23 +112,42 @@ def fit(config, axes, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[
         axes=axes,
     )
     _start(directory, description, configs, mesh, resume)
+    results_path = directory / "results.jsonl"
+    done = _finished(results_path, mine)
     loaded = _load(configs, mesh)
     populations = _planned(directory, configs, loaded, options)
-    results_path = directory / "results.jsonl"
-    done = {row["member"] for row in _read(results_path)}
     for p, members in enumerate(populations):
-        if set(members) <= done:
+        if all(m in done for m in members):
             continue
         rows = _fit_population(
             p, len(populations), members, configs, overrides, loaded, directory, layout, resume
         )
-        with jsonl.MetricsWriter(results_path) as writer:
-            for row in rows:
-                writer.write(row)
-    finished = _read(results_path)
+        done.update((row["member"], row) for row in rows)
+        results.write_rows(results_path, [done[m] for m in _in_order(populations) if m in done])
+    finished = [done[m] for m in _in_order(populations)]
+    if resume:  # rewritten whole even when nothing was left to run: an older version's repeats go
+        results.write_rows(results_path, finished)
     if shard[1] == 1:
         results.write_report(directory, finished)
     return finished
+
+
+def _in_order(populations: list[list[int]]) -> list[int]:
+    return [m for members in populations for m in members]
+
+
+def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
+    """member -> its row in the results file at `path`. Repeated identical rows (a killed
+    older version's) count once; a member whose rows disagree counts as unfinished, so its
+    population's rows are made again from its checkpoint."""
+    rows, _ = results.by_member(results.read_rows(path))
+    strangers = sorted(set(rows) - set(mine))
+    if strangers:
+        raise SweepError(
+            f"{path} holds members {strangers}, which are not this sweep's (or shard's); "
+            "move the file away and rerun with --resume"
+        )
+    return rows
 
 
 def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume):
@@ -166,10 +190,6 @@ def _fit_population(p, count, members, configs, overrides, loaded, directory, la
     return rows
 
 
-def _read(path: Path) -> list[dict]:
-    return jsonl.read_metrics(path, "member") if path.exists() else []
-
-
 # ------------------------------------------------------------------------------ merging
 
 
@@ -197,15 +217,26 @@ def merge(sweep_dir) -> list[dict]:
     )
     merged = []
     for i in range(n):
-        rows = _read(grid.shard_dir(sweep_dir, (i, n)) / "results.jsonl")
-        expected = len(grid.shard_members(total, (i, n)))
-        if len(rows) != expected:
+        path = grid.shard_dir(sweep_dir, (i, n)) / "results.jsonl"
+        rows, conflicts = results.by_member(results.read_rows(path))
+        if conflicts:
             raise SweepError(
-                f"shard {i}/{n} has finished {len(rows)} of its {expected} members; "
+                f"{path} holds different rows for members {conflicts}; "
+                f"repair it with --shard {i}/{n} --resume"
+            )
+        expected = grid.shard_members(total, (i, n))
+        if set(rows) - set(expected):
+            raise SweepError(
+                f"{path} holds members {sorted(set(rows) - set(expected))}, which are not "
+                f"shard {i}/{n}'s; move the file away and rerun the shard with --resume"
+            )
+        if len(rows) != len(expected):
+            raise SweepError(
+                f"shard {i}/{n} has finished {len(rows)} of its {len(expected)} members; "
                 f"continue it with --shard {i}/{n} --resume"
             )
-        merged += rows
+        merged += rows.values()
     merged.sort(key=lambda r: r["member"])
-    (sweep_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in merged))
+    results.write_rows(sweep_dir / "results.jsonl", merged)
     results.write_report(sweep_dir, merged)
     return merged

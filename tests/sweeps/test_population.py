@@ -145,3 +145,56 @@ def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, mo
     assert [(r["epoch"], r["member"]) for r in rows[0]] == [
         (e, m) for e in (1, 2) for m in range(3)
     ]
+
+
+def test_a_member_whose_evaluation_is_not_finite_is_frozen_and_resumes_so(tmp_path, monkeypatch):
+    """Member 1's first evaluation is made NaN (as an overflowing forward pass would make it): it
+    is marked at the end of epoch 1 and frozen through epoch 2, the others train on as in a
+    clean population, and a resume from the epoch-1 checkpoint keeps the mark."""
+    images, labels = synthetic(n=64)
+    splits = (one_device_feed(images, labels), one_device_feed(images[:32], labels[:32]))
+    steps = 64 // member_configs()[0].train.batch_size
+
+    def fit(name, resume=False):
+        return population.fit(
+            member_configs(), [0, 1, 2], tmp_path / name, SMALL_SPEC, splits, layout="unroll",
+            resume=resume,
+        )  # fmt: skip
+
+    clean = fit("clean")
+    real_evaluate, calls = train.evaluate_fed, []
+
+    def member_1_overflows_once(*args, **kwargs):
+        calls.append(1)
+        test = real_evaluate(*args, **kwargs)
+        return dict(test, loss=np.nan) if len(calls) == 2 else test  # epoch 1, member 1
+
+    monkeypatch.setattr(train, "evaluate_fed", member_1_overflows_once)
+    marked = fit("marked")
+    np.testing.assert_array_equal(marked.diverged_at, [0, steps, 0])
+    assert int(population.member(marked, 1).state.step) == steps  # no update in epoch 2
+    for k in (0, 2):
+        for a, b in zip(
+            *(jax.tree.leaves(population.member(p, k)) for p in (marked, clean)), strict=True
+        ):
+            np.testing.assert_array_equal(a, b)
+    rows = jsonl.read_metrics(tmp_path / "marked" / "metrics.jsonl")
+    assert [r["diverged_at"] for r in rows if r["member"] == 1] == [steps, steps]
+    assert np.isnan([r["train_loss"] for r in rows if r["member"] == 1][1])
+
+    calls.clear()
+    real_epoch = population._epoch
+
+    def dies_in_epoch_2(pop, step, train_split, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real_epoch(pop, step, train_split, epoch, *args)
+
+    monkeypatch.setattr(population, "_epoch", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit("cut")
+    monkeypatch.setattr(population, "_epoch", real_epoch)
+    monkeypatch.setattr(train, "evaluate_fed", real_evaluate)
+    resumed = fit("cut", resume=True)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(marked), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -172,3 +172,30 @@ def test_write_report_draws_nothing_for_a_swept_name_or_three_numbers(sweep_plot
     assert sweep_plot_calls == []
     assert sorted(p.name for p in (tmp_path / "names").iterdir()) == ["table.txt"]
     assert sorted(p.name for p in (tmp_path / "three").iterdir()) == ["table.txt"]
+
+
+def test_by_member_counts_identical_repeats_once_and_lists_rows_that_disagree():
+    nan_row = result(1, 1.0, 0, 0.1, loss=math.nan, diverged_at=7)  # NaN != NaN as a float
+    rows = [result(0, 0.1, 0, 0.9), nan_row, dict(nan_row), result(0, 0.1, 0, 0.9)]
+    by_member, conflicts = results.by_member(rows)
+    assert sorted(by_member) == [0, 1] and conflicts == []
+    by_member, conflicts = results.by_member([*rows, result(0, 0.1, 0, 0.8)])
+    assert sorted(by_member) == [1] and conflicts == [0]
+
+
+def test_write_rows_replaces_the_file_whole_and_reads_back_what_it_wrote(tmp_path):
+    path = tmp_path / "results.jsonl"
+    first = [dict(kind="member", step=3, **result(0, 0.1, 0, 0.9))]
+    results.write_rows(path, first)
+    (tmp_path / "results.jsonl.partial").write_text('{"kind": "member", "st')  # a killed write
+    both = [*first, dict(kind="member", step=3, **result(1, 1.0, 0, 0.1, math.nan, 2))]
+    results.write_rows(path, both)
+    back = results.read_rows(path)
+    assert [r["member"] for r in back] == [0, 1] and math.isnan(back[1]["test_loss"])
+    assert not (tmp_path / "results.jsonl.partial").exists()
+    assert results.read_rows(tmp_path / "none.jsonl") == []
+
+
+def test_summary_refuses_a_member_listed_twice():
+    with pytest.raises(ValueError, match="a member twice"):
+        results.settings_summary([result(0, 0.1, 0, 0.9), result(0, 0.1, 0, 0.9)])
