@@ -193,13 +193,14 @@ def stack_rows(metrics_SM: list[dict]) -> dict:
 
 
 def judge(pop: Population, test_losses, step: int, mesh) -> Population:
-    """`pop` with every healthy member whose test loss (one per member) or params are not
-    finite marked as diverged at `step`; from then on its steps leave it frozen."""
+    """`pop` with every healthy member whose params are not finite, or whose test loss (one
+    per member) is NaN or >= train.DIVERGED_LOSS, marked as diverged at `step`; from then on its
+    steps leave it frozen."""
     leaves = jax.tree.leaves(pop.state.params)
     finite_params = jnp.stack(
         [jnp.all(jnp.isfinite(leaf), axis=tuple(range(1, leaf.ndim))) for leaf in leaves]
     ).all(axis=0)
-    finite = np.isfinite(np.asarray(test_losses, np.float64)) & np.asarray(finite_params)
+    finite = (np.asarray(test_losses, np.float64) < train.DIVERGED_LOSS) & np.asarray(finite_params)
     before = np.asarray(pop.diverged_at)
     diverged_at = np.where((before == 0) & ~finite, step, before).astype(np.int32)
     return pop._replace(diverged_at=parallel.put_replicated(diverged_at, mesh))

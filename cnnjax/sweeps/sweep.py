@@ -22,16 +22,19 @@ from cnnjax import models, parallel
 from cnnjax.output import jsonl
 from cnnjax.sweeps import grid, population, results
 from cnnjax.sweeps.grid import SweepError
-from cnnjax.training import RunError, checkpoints, run, settings, workdir
+from cnnjax.training import RunError, checkpoints, data, run, settings, workdir
 
 
 def _start(directory: Path, description: dict, configs: dict, mesh, resume: bool) -> None:
-    """Check every member's config for `mesh`, then start the sweep directory with sweep.json
-    (the description) or check that resuming continues it (cnnjax.training.workdir); either
-    failing is a SweepError."""
+    """Check every member's config for `mesh` and prepare (so check) the data they use, then
+    start the sweep directory with sweep.json (the description) or check that resuming
+    continues it (cnnjax.training.workdir); any of it failing is a SweepError, and a failure
+    before the claim leaves the directory as it was."""
     try:
         for member in configs.values():
             settings.check(member, mesh)
+        for section in {_data_key(member): member.data for member in configs.values()}.values():
+            data.prepare_section(section)
         workdir.claim(
             directory,
             description,

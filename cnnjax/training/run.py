@@ -190,24 +190,18 @@ def _train(config, directory: Path, mesh, resume: bool) -> dict:
     return finish(directory, config, state.params, run, test)
 
 
-# A test loss this high (nats per example: the true class given a probability below e^-10000)
-# comes only from a blown-up network, its logits ~1e4 apart; a network that learned anything
-# or nothing (uniform: ln 10 = 2.3) stays orders of magnitude below it.
-DIVERGED_LOSS = 1e4
-
-
 def _check_good(state, test_loss: float, epoch: int) -> None:
     """A RunError unless the state after `epoch` (0-based) is one worth checkpointing: finite
-    params, and a finite test loss below DIVERGED_LOSS."""
+    params, and a finite test loss below train.DIVERGED_LOSS."""
     step = int(state.step)
     params = jax.device_get(state.params)
     if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(params)):
         what = f"the params became non-finite in epoch {epoch + 1} (by step {step})"
         raise _diverged(what, epoch)
-    if not test_loss < DIVERGED_LOSS:  # also NaN
+    if not test_loss < train.DIVERGED_LOSS:  # also NaN
         raise _diverged(
             f"the test loss became {test_loss:.4g} after epoch {epoch + 1} (step {step}; above "
-            f"{DIVERGED_LOSS:.0e} the network has blown up)",
+            f"{train.DIVERGED_LOSS:.0e} the network has blown up)",
             epoch,
         )
 

@@ -25,6 +25,11 @@ GRADIENTS = ("autodiff", "hand", "custom_vjp")  # jax.grad; manual backprop; jax
 SCHEDULES = ("constant", "step", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # what the layers compute in (params stay float32)
 SCANS = ("auto", "yes", "no")  # config.train.scan: a lax.scan over each chunk of steps
+# A mean test loss this high (nats per example: the true class given a probability below
+# e^-10000) comes only from a blown-up network, its logits ~1e4 apart; a network that learned
+# anything or nothing (uniform over 10 classes: ln 10 = 2.3) stays orders of magnitude below it.
+# A run stops, and a population member is marked diverged, at a test loss >= this (or NaN).
+DIVERGED_LOSS = 1e4
 
 
 class Optim(NamedTuple):

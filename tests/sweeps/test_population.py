@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnnjax import parallel
 from cnnjax.output import jsonl
 from cnnjax.sweeps import population
 from cnnjax.training import settings, train
@@ -198,3 +199,18 @@ def test_a_member_whose_evaluation_is_not_finite_is_frozen_and_resumes_so(tmp_pa
     resumed = fit("cut", resume=True)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(marked), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_judge_marks_a_blown_up_test_loss_as_a_run_would_stop_on_it():
+    """The line a single run stops at (train.DIVERGED_LOSS, or NaN) marks a member too; a
+    member marked earlier keeps its first mark."""
+    configs = member_configs()
+    images, _ = synthetic(64)
+    pop = population.init(configs, SMALL_SPEC, images.shape[1:], 4)
+    pop = pop._replace(diverged_at=jnp.array([0, 0, 3], jnp.int32))
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    losses = [2.3, train.DIVERGED_LOSS * 1.0001, float("nan")]
+    judged = population.judge(pop, losses, 8, mesh)
+    assert np.asarray(judged.diverged_at).tolist() == [0, 8, 3]
+    healthy = population.judge(pop, [2.3, train.DIVERGED_LOSS / 2, 1.0], 8, mesh)
+    assert np.asarray(healthy.diverged_at).tolist() == [0, 0, 3]

@@ -1,7 +1,9 @@
 """cnnjax.sweeps.sweep: errors before any work, a sweep member equal to its solo run, resume,
 shards and their merge, programs that change shapes."""
 
+import gzip
 import json
+import shutil
 import subprocess
 import sys
 
@@ -152,3 +154,17 @@ def test_members_that_change_shapes_train_as_separate_programs(dataset):
     )
     settings.update(max_members=0, memory_budget_mib=per_member / 2**20 * 1.5)  # room for one
     assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
+
+
+def test_a_bad_data_file_stops_the_sweep_before_its_directory_is_claimed(dataset, tmp_path):
+    source, _ = dataset
+    copy = tmp_path / "idx"
+    shutil.copytree(source, copy)
+    stem = "t10k-labels-idx1-ubyte.gz"
+    (copy / stem).write_bytes(gzip.compress(gzip.decompress((copy / stem).read_bytes())[:-10]))
+    config = sweep_config(dataset)
+    config.data.source_dir, config.data.tfds_dir = str(copy), str(tmp_path / "tfds")
+    # (the first file read is the fake training images, refused by the official checksums)
+    with pytest.raises(grid.SweepError, match=r"idx/train-images.*--config\.data\.source_dir"):
+        sweep.fit(config, AXES, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()

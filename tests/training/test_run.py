@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnjax.training import RunError, analysis, checkpoints, run, workdir
+from cnnjax.training import RunError, analysis, checkpoints, run, train, workdir
 from tests.builders import REPO, TEST_N, TRAIN_N, config_for, train_command
 
 
@@ -77,7 +77,7 @@ def test_a_run_whose_test_loss_blows_up_stops_before_checkpointing_it(
         run.fit(config, tmp_path / "run")
     epochs = [r for r in _rows(tmp_path / "run") if r["kind"] == "epoch"]
     assert len(epochs) == epoch and np.isfinite(epochs[-1]["train_loss"])
-    assert not epochs[-1]["test_loss"] < run.DIVERGED_LOSS  # recorded, not checkpointed
+    assert not epochs[-1]["test_loss"] < train.DIVERGED_LOSS  # recorded, not checkpointed
     assert checkpoints.saved_epochs(tmp_path / "run") == list(range(1, epoch))
 
 
