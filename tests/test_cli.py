@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -53,12 +54,19 @@ def _run_all(commands: dict) -> dict:
     return done
 
 
+# What else a run may have written to stderr before it stopped: its progress lines.
+PROGRESS = re.compile(r"^(epoch \d+/\d+|population \d+/\d+|preparing \w+ from) ")
+
+
 def _assert_one_error_line(name, result, *expected):
+    """Exit status 2, and stderr is the run's progress lines (if any) then one error line."""
     status, _, lines = result
     assert status == 2, (name, status, lines[-20:])
-    assert len(lines) == 1 and lines[0].startswith("error: "), (name, lines[-20:])
+    *before, last = lines or [""]
+    assert last.startswith("error: "), (name, lines[-20:])
+    assert all(PROGRESS.match(line) for line in before), (name, lines[-20:])
     for text in expected:
-        assert text in lines[0], (name, text, lines[0])
+        assert text in last, (name, text, last)
 
 
 def _module(name, *args):

@@ -18,3 +18,15 @@ def test_readme_examples_run():
 def test_readme_first_screen_gives_the_two_commands():
     first_screen = "\n".join(README.read_text().splitlines()[:20])
     assert "make train" in first_screen and "make test" in first_screen
+
+
+def test_every_test_readme_names_exists():
+    """README backs its promises with named tests (`tests/x.py::test_y`, or a bare `test_y`):
+    each must be a test function of the suite, so a renamed or deleted one shows here."""
+    defined = set()
+    for path in (README.parent / "tests").rglob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    named = set(re.findall(r"`(?:[\w/]+\.py::)?(test_\w+)`", README.read_text()))
+    named |= set(re.findall(r"::(test_\w+)", README.read_text()))
+    assert len(named) >= 20
+    assert named <= defined, sorted(named - defined)
