@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import itertools
 import os
 import re
 import sys
@@ -115,6 +116,7 @@ def _override_error(argv, error: Exception) -> str:
     closest field), or of a config file that did not load."""
     for name in _CONFIG_FLAGS:
         given = [a.split("=", 1)[1] for a in argv if re.match(rf"^--?{name}=", a)]
+        given += [v for a, v in itertools.pairwise(argv) if a in (f"-{name}", f"--{name}")]
         if not given:
             continue
         from cnnjax.training import settings  # jax: loaded only on this error's path

@@ -92,6 +92,13 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
     commands["no config"] = _module(
         "experiments.train", "--config=configs/nope.py", f"--workdir={workdir}"
     )
+    commands["spaced"] = _module(  # --config FILE, as a separate argument
+        "experiments.train",
+        "--config",
+        "configs/smoke.py",
+        f"--workdir={workdir}",
+        "--config.optim.learnig_rate=0.1",
+    )
     commands["default config"] = _module(  # the default file, read as the flags are parsed
         "experiments.gradcheck", "--config.num_random_spec=1"
     )
@@ -101,6 +108,7 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
     _assert_one_error_line("epochs", results["epochs"], "--config.train.epochs=", ">= 1, got 0")
     _assert_one_error_line("source", results["source"], "--config.data.source_dir=DIR")
     _assert_one_error_line("no config", results["no config"], "--config=configs/nope.py: no such")
+    _assert_one_error_line("spaced", results["spaced"], "did you mean --config.optim.learning_rate")
     _assert_one_error_line(
         "default config", results["default config"], "did you mean --config.num_random_specs?"
     )
