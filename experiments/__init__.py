@@ -16,6 +16,7 @@ import itertools
 import os
 import re
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def config_file(default: str | None, help_text: str = "a config file with get_co
 def run(main) -> None:
     """absl's app.run(main), with the errors people can fix as one line and exit status 2."""
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["debug"])  # in --help
+    threading.excepthook = _thread_error
     app.run(functools.partial(_guarded, main), flags_parser=_parse_flags)
 
 
@@ -72,16 +74,33 @@ def debugging() -> bool:
 
 
 def _fail(error: BaseException, message: str):
+    """Print the one line (after the traceback when debugging) and exit with status 2. The line
+    is stderr's last: what libraries print as they are torn down after it (asyncio's "exception
+    was never retrieved" of the very error the line reports, as a traceback) goes nowhere."""
     if debugging():
         traceback.print_exception(error)
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if not debugging():
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
     sys.exit(2)
+
+
+def _thread_error(args) -> None:
+    """threading.excepthook: a worker thread's error that the main thread reports as one line
+    (orbax saves in threads and raises their errors again in the caller) is not printed before
+    it as a traceback; any other goes to Python's own hook."""
+    if debugging() or args.exc_value is None or explain(args.exc_value) is None:
+        threading.__excepthook__(args)
 
 
 def _parse_flags(argv):
     for name, default in _CONFIG_FLAGS.items():
         if default and not any(re.match(rf"^--?{name}(=|$)", arg) for arg in argv[1:]):
             argv = [argv[0], f"--{name}={default}", *argv[1:]]
+    names = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # some ml_collections releases refuse it, others take the last: refuse it
+        _fail(ValueError(repeated), f"{repeated[0]} is given twice: give it once")
     sys.argv = argv  # ml_collections reads the overrides from sys.argv
     try:
         parsed = flags.FLAGS(argv)

@@ -12,11 +12,13 @@ written is lost.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -62,12 +64,41 @@ def save(checkpoints: ocp.CheckpointManager, epochs_done: int, state) -> None:
         parallel.barrier("cnnjax.training.checkpoints: set aside")
         checkpoints.reload()
     checksum = params_hash(state)
-    if not checkpoints.save(epochs_done, args=ocp.args.StandardSave(state)):
+    with _stderr_held():
+        saved = checkpoints.save(epochs_done, args=ocp.args.StandardSave(state))
+    if not saved:
         raise RuntimeError(f"orbax did not save step {epochs_done} in {root}")
     faults.point("checkpoint.saving")  # committed by orbax, not yet checksummed
     if parallel.is_primary():
         _write_atomically(root / str(epochs_done) / CHECKSUM, {"sha256": checksum})
     faults.point("checkpoint.saved")
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """What is written to stderr (file descriptor 2: Python, C++ and every thread) meanwhile is
+    held back and written out at the end, or, if the block raises, attached to its error as a
+    note (shown with its traceback) instead: a failed save (a full disk) is reported once, by
+    the error, not first by orbax's threads logging the same failure at length."""
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        real = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException as error:
+            sys.stderr.flush()
+            held.seek(0)
+            text = held.read().decode(errors="replace").strip()
+            if text:
+                error.add_note(f"stderr while saving:\n{text}")
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+            os.close(real)
+        held.seek(0)
+        os.write(2, held.read())
 
 
 def restore(checkpoints: ocp.CheckpointManager, template):

@@ -115,13 +115,8 @@ def test_momentum_zero_keeps_plain_sgd_numbers():
     np.testing.assert_array_equal(a["w"], b["w"])
 
 
-def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    images, labels = synthetic(n=64)
-    splits = (one_device_feed(images, labels), one_device_feed(images[:32], labels[:32]))
-    configs = member_configs()
-    whole = population.fit(
-        configs, [0, 1, 2], tmp_path / "whole", SMALL_SPEC, splits, layout="unroll", resume=False
-    )
+def _cut_in_epoch_2(monkeypatch, fit) -> None:
+    """fit() interrupted (KeyboardInterrupt) as its epoch 2 begins, after epoch 1's checkpoint."""
     real_epoch = population._epoch
 
     def dies_in_epoch_2(pop, step, train_split, epoch, *args):
@@ -131,10 +126,23 @@ def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, mo
 
     monkeypatch.setattr(population, "_epoch", dies_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        population.fit(
-            configs, [0, 1, 2], tmp_path / "cut", SMALL_SPEC, splits, layout="unroll", resume=False
-        )
+        fit()
     monkeypatch.setattr(population, "_epoch", real_epoch)
+
+
+def test_a_population_resumes_mid_sweep_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    images, labels = synthetic(n=64)
+    splits = (one_device_feed(images, labels), one_device_feed(images[:32], labels[:32]))
+    configs = member_configs()
+    whole = population.fit(
+        configs, [0, 1, 2], tmp_path / "whole", SMALL_SPEC, splits, layout="unroll", resume=False
+    )
+    _cut_in_epoch_2(
+        monkeypatch,
+        lambda: population.fit(
+            configs, [0, 1, 2], tmp_path / "cut", SMALL_SPEC, splits, layout="unroll", resume=False
+        ),
+    )
     resumed = population.fit(
         configs, [0, 1, 2], tmp_path / "cut", SMALL_SPEC, splits, layout="unroll", resume=True
     )
@@ -184,17 +192,7 @@ def test_a_member_whose_evaluation_is_not_finite_is_frozen_and_resumes_so(tmp_pa
     assert np.isnan([r["train_loss"] for r in rows if r["member"] == 1][1])
 
     calls.clear()
-    real_epoch = population._epoch
-
-    def dies_in_epoch_2(pop, step, train_split, epoch, *args):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(pop, step, train_split, epoch, *args)
-
-    monkeypatch.setattr(population, "_epoch", dies_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        fit("cut")
-    monkeypatch.setattr(population, "_epoch", real_epoch)
+    _cut_in_epoch_2(monkeypatch, lambda: fit("cut"))
     monkeypatch.setattr(train, "evaluate_fed", real_evaluate)
     resumed = fit("cut", resume=True)
     for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(marked), strict=True):
