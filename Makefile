@@ -38,7 +38,7 @@ data:
 	  fi; }
 
 # Trains the reference CNN on Fashion-MNIST into $(WORKDIR); run again, it resumes (or, when the
-# run is finished, re-evaluates it): a run directory is never overwritten.
+# run is finished, says so and changes nothing): a run directory is never overwritten.
 train: $(STAMP) data
 	$(PY) -m experiments.train --config $(CONFIG) --workdir $(WORKDIR) \
 	  $$(test -f $(WORKDIR)/config.json && echo --resume)
