@@ -89,10 +89,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The suite in TEST_WORKERS processes (pytest-xdist): its compilations are single-threaded.
+# The suite in TEST_WORKERS processes (pytest-xdist): its compilations are single-threaded. A
+# module marked xdist_group (the fault tests: real processes) runs whole on one worker.
 TEST_WORKERS ?= 2
 test: lint data
-	$(PY) -m pytest -n $(TEST_WORKERS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

@@ -22,7 +22,7 @@ import pytest
 from absl import flags
 
 import experiments
-from cnnjax.training import RunError, idx
+from cnnjax.training import RunError, checkpoints, idx
 from tests.builders import REPO, train_command
 
 # Runs `python -m MODULE ARGS...` with the sha256 table of the fake MNIST files in place of the
@@ -184,7 +184,8 @@ def test_a_disk_full_while_checkpointing_keeps_the_saved_checkpoints_and_resume_
     command = train_command(dataset, workdir, 3)
     process = _start(command)
     deadline = time.monotonic() + 300
-    while not (workdir / "checkpoints" / "1").is_dir() and process.poll() is None:
+    complete = workdir / "checkpoints" / "1" / checkpoints.CHECKSUM  # written last, renamed
+    while not complete.exists() and process.poll() is None:
         assert time.monotonic() < deadline, "checkpoint 1 never appeared"
         time.sleep(0.005)
     resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
