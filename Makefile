@@ -89,11 +89,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The suite in TEST_WORKERS processes (pytest-xdist): its compilations are single-threaded. A
-# module marked xdist_group (the fault tests: real processes) runs whole on one worker.
+# The suite in TEST_WORKERS processes (pytest-xdist): its compilations are single-threaded.
 TEST_WORKERS ?= 2
 test: lint data
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

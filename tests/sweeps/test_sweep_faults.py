@@ -22,10 +22,6 @@ from cnnjax.training import train
 from configs import sweep_smoke
 from tests.builders import REPO, config_for
 
-# One worker runs the whole module (make test: --dist loadgroup), so the module fixture that
-# trains its real processes runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("sweep_faults")
-
 # Two programs (batch sizes 32 and 64) of two seeds each: two populations of two members, and the
 # same two populations ([0, 2] and [1, 3]) in the whole sweep as in shards 0/2 and 1/2, so that
 # a shard's members train in the same program as the whole sweep's and end bit-identical.

@@ -20,10 +20,6 @@ import pytest
 from cnnjax.training import checkpoints, workdir
 from tests.builders import REPO, train_command
 
-# One worker runs the whole module (make test: --dist loadgroup), so the module fixture that
-# trains its real processes runs once, not once per worker.
-pytestmark = pytest.mark.xdist_group("run_faults")
-
 EPOCHS = 3
 SMALL = ("--config.data.train_examples=256",)  # 8 steps of 32 per epoch
 # The learning rate times 1e30 for the last of epoch 2's 8 steps: params ~1e27, still finite.
