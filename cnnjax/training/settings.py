@@ -98,10 +98,7 @@ def check(config, mesh=None) -> None:
     )
     for value, choices, name in checks:
         if value not in choices:
-            raise RunError(
-                f"config.{name} must be one of {tuple(choices)}, got {value!r}: pass "
-                f"--config.{name}=...; nothing was changed"
-            )
+            raise _invalid(name, f"one of {tuple(choices)}", value)
     idx.find_source_dir(config.data.name, config.data.source_dir or None)  # an error if absent
     if mesh is not None:
         try:
