@@ -325,7 +325,7 @@ def check_network(
     batch=3,
     label_smoothing=0.0,
     value_and_grad=backprop.value_and_grad,
-    fns=grads.HAND_DERIVED,
+    fns=models.HAND_DERIVED,
 ) -> list[Row]:
     """`value_and_grad(params, x, labels, spec, label_smoothing=)`, and jax.grad through `fns`
     (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf ("net/conv1/kernel");

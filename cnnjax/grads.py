@@ -1,6 +1,6 @@
-"""Hand-derived backward rules, one layer at a time: each rule beside its derivation, and the
-custom_vjp twins that make jax.grad use them. Backprop through a whole network spec, built on
-these rules, is `cnnjax.backprop`. Past 300 lines because the docstrings are the derivations.
+"""Hand-derived backward rules, one layer at a time, each rule beside its derivation. The layer
+kinds (cnnjax.layers) call them, and their custom_vjp twins (layers.HAND_DERIVED) make jax.grad
+use them; backprop through a whole network spec is `cnnjax.backprop`.
 
 Legend: x_HWC a layer's input (one example), dy_* the gradient of the loss w.r.t. the layer's
 output (the "error"), dx_* w.r.t. its input; s = stride, xpad = x with its padding; H' x W' is
@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax import losses, models, ops
+from cnnjax import losses, ops
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -234,111 +233,25 @@ def avg_pool_vjp(x_HWC, dy_HWC, *, window, stride=None, padding="VALID", count_i
     return _crop(dxpad, pads, x_HWC.shape[:2])
 
 
-# --------------------------------------------------------------------------- custom_vjp twins
-# The same forward ops, with jax.grad routed through the rules above. nondiff args (strides,
-# windows, paddings) are hashable Python values; a None bias stays None in the cotangent.
+def conv2d_kernel_grad_batch(x_NHWC, dy_NHWO, kernel_hw, *, stride=1, padding="VALID"):
+    """dL/dw of a batch: sum over n of conv2d_vjp's dw, i.e.
 
+        dL/dw[m, q, c, o] = sum_{n, i, j} xpad[n, i*s + m, j*s + q, c] dy[n, i, j, o]
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _conv2d(x, w, b, stride, padding):
-    return ops.conv2d(x, w, b, stride=stride, padding=padding)
-
-
-def _conv2d_fwd(x, w, b, stride, padding):
-    return _conv2d(x, w, b, stride, padding), (x, w, b)
-
-
-def _conv2d_bwd(stride, padding, residuals, dy):
-    x, w, b = residuals
-    dx, dw, db = conv2d_vjp(x, w, dy, stride=stride, padding=padding)
-    return dx, dw, None if b is None else db
-
-
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def conv2d(x_HWC, w_HWIO, b_O=None, *, stride=1, padding="VALID"):
-    """ops.conv2d whose gradient is conv2d_vjp."""
-    return _conv2d(x_HWC, w_HWIO, b_O, stride, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, stride, padding):
-    return ops.max_pool(x, window, stride, padding)
-
-
-def _max_pool_fwd(x, window, stride, padding):
-    return _max_pool(x, window, stride, padding), x
-
-
-def _max_pool_bwd(window, stride, padding, x, dy):
-    return (max_pool_vjp(x, dy, window=window, stride=stride, padding=padding),)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-def max_pool(x_HWC, window, stride=None, padding="VALID"):
-    """ops.max_pool whose gradient is max_pool_vjp."""
-    return _max_pool(x_HWC, window, stride, padding)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _avg_pool(x, window, stride, padding, count_include_pad):
-    return ops.avg_pool(x, window, stride, padding, count_include_pad=count_include_pad)
-
-
-def _avg_pool_fwd(x, window, stride, padding, count_include_pad):
-    return _avg_pool(x, window, stride, padding, count_include_pad), x
-
-
-def _avg_pool_bwd(window, stride, padding, count_include_pad, x, dy):
-    kwargs = dict(window=window, stride=stride, padding=padding)
-    return (avg_pool_vjp(x, dy, **kwargs, count_include_pad=count_include_pad),)
-
-
-_avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
-
-
-def avg_pool(x_HWC, window, stride=None, padding="VALID", *, count_include_pad=True):
-    """ops.avg_pool whose gradient is avg_pool_vjp."""
-    return _avg_pool(x_HWC, window, stride, padding, count_include_pad)
-
-
-@jax.custom_vjp
-def relu(x):
-    """ops.relu whose gradient is relu_vjp."""
-    return ops.relu(x)
-
-
-relu.defvjp(lambda x: (ops.relu(x), x), lambda x, dy: (relu_vjp(x, dy),))
-
-
-@jax.custom_vjp
-def _dense(x, w, b):
-    return ops.dense(x, w, b)
-
-
-def _dense_bwd(residuals, dy):
-    x, w, b = residuals
-    dx, dw, db = dense_vjp(x, w, dy)
-    return dx, dw, None if b is None else db
-
-
-_dense.defvjp(lambda x, w, b: (_dense(x, w, b), (x, w, b)), _dense_bwd)
-
-
-def dense(x_I, w_IO, b_O=None):
-    """ops.dense whose gradient is dense_vjp."""
-    return _dense(x_I, w_IO, b_O)
-
-
-@jax.custom_vjp
-def flatten(x_HWC):
-    """ops.flatten whose gradient is flatten_vjp."""
-    return ops.flatten(x_HWC)
-
-
-flatten.defvjp(lambda x: (ops.flatten(x), x), lambda x, dy: (flatten_vjp(x, dy),))
-
-HAND_DERIVED = models.LayerFns(conv2d, max_pool, avg_pool, relu, dense, flatten)
+    computed as ONE convolution in which the examples are the contracted "input features"
+    (x read as C x H x W x N, the error as N x H' x W' x O, dilated by the stride). Vmapping
+    conv2d_vjp instead gives a convolution per example (a grouped convolution, several times
+    slower on XLA:CPU) and then sums them."""
+    (kh, kw), stride_hw = kernel_hw, ops.as_pair(stride, "stride")
+    pads = ops.explicit_padding(x_NHWC.shape[1:3], (kh, kw), stride_hw, padding)
+    ho, wo = dy_NHWO.shape[1:3]
+    used_h, used_w = (ho - 1) * stride_hw[0] + kh, (wo - 1) * stride_hw[1] + kw
+    xpad = jnp.pad(x_NHWC, ((0, 0), *pads, (0, 0)))[:, :used_h, :used_w]
+    return lax.conv_general_dilated(
+        xpad,
+        dy_NHWO,
+        window_strides=(1, 1),
+        padding="VALID",
+        rhs_dilation=stride_hw,
+        dimension_numbers=("CHWN", "IHWO", "HWNC"),
+    )

@@ -15,7 +15,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "cnnjax"
 TIERS = {
     "process": {"parallel", "runtime", "faults"},
     "output": {"output", "output.jsonl", "output.tables", "output.progress", "output.plots"},
-    "math": {"ops", "losses", "models", "grads", "backprop"},
+    # and every layer kind's file (cnnjax/layers/*.py, added below)
+    "math": {"ops", "losses", "models", "grads", "backprop", "layers"},
     "checks": {"gradcheck", "flax_models"},
     "one run": {
         "training",
@@ -43,9 +44,15 @@ TIERS = {
         "bench.device_check",
     },
 }
+TIERS["math"] |= {
+    f"layers.{p.stem}" for p in (PACKAGE / "layers").glob("*.py") if p.stem != "__init__"
+}
 LEVEL = {module: level for level, tier in enumerate(TIERS.values()) for module in tier}
 # The math and what it imports load only jax and numpy (and the standard library): no tqdm,
-# matplotlib, orbax or tensorflow_datasets behind `import cnnjax.models`.
+# matplotlib, orbax or tensorflow_datasets behind `import cnnjax.models`. A layer kind's Flax
+# counterpart imports flax inside the function that builds it (deferred): only a caller that
+# asks for the Flax module loads flax.
+DEFERRED = {"flax"}
 PURE = TIERS["math"] | {"output", "output.tables", "output.jsonl"}
 LONG = 350  # lines; a longer module says why in its docstring: "Past 350 lines because ..."
 
@@ -65,10 +72,13 @@ def _modules() -> list[str]:
     return found
 
 
-def _imports(path: pathlib.Path) -> set[str]:
-    """Absolute names imported: "jax", "cnnjax.ops", "cnnjax.training.run", ..."""
+def _imports(path: pathlib.Path, *, deferred=True) -> set[str]:
+    """Absolute names imported: "jax", "cnnjax.ops", "cnnjax.training.run", ...; with
+    deferred=False only those imported at module level (not inside a function)."""
+    tree = ast.parse(path.read_text())
+    nodes = ast.walk(tree) if deferred else _module_level(tree)
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -76,6 +86,16 @@ def _imports(path: pathlib.Path) -> set[str]:
             if node.module.startswith("cnnjax"):  # from cnnjax.training import run, RunError
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def _module_level(tree):
+    """Every node outside function bodies."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            stack.extend(ast.iter_child_nodes(node))
 
 
 def _internal(path: pathlib.Path) -> set[str]:
@@ -113,8 +133,11 @@ def test_no_import_cycles():
 
 @pytest.mark.parametrize("module", sorted(PURE))
 def test_the_math_imports_only_jax_and_numpy(module):
+    allowed = {"jax", "numpy", "cnnjax"} | sys.stdlib_module_names
+    roots = {name.split(".")[0] for name in _imports(_path(module), deferred=False)}
+    assert roots <= allowed, roots
     roots = {name.split(".")[0] for name in _imports(_path(module))}
-    assert roots <= {"jax", "numpy", "cnnjax"} | sys.stdlib_module_names, roots
+    assert roots <= allowed | DEFERRED, roots
     assert _internal(_path(module)) <= PURE, "the math may import only the math and PURE"
 
 

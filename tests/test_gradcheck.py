@@ -1,5 +1,6 @@
 """cnnjax.gradcheck: the real rules pass, and every checker catches a planted wrong rule."""
 
+import dataclasses
 import itertools
 import os
 import re
@@ -280,13 +281,18 @@ def test_network_gradient_not_divided_by_the_batch_size_is_caught(dtype):
     assert failed(rows) == {f"{leaf} hand vs {ref}" for leaf in leaves for ref in refs}
 
 
-def test_network_custom_vjp_twin_with_a_wrong_rule_is_caught():
-    @jax.custom_vjp
-    def relu_passing_every_error(x):
-        return ops.relu(x)
+@dataclasses.dataclass(frozen=True)
+class ReLUPassingEveryError(models.ReLU):
+    def vjp(self, p, x, dy, ctx):
+        return dy, {}
 
-    relu_passing_every_error.defvjp(lambda x: (ops.relu(x), None), lambda _, dy: (dy,))
-    fns = grads.HAND_DERIVED._replace(relu=relu_passing_every_error)
+
+def test_network_custom_vjp_twin_with_a_wrong_rule_is_caught():
+    def fns(layer, p, x, ctx):  # the twins, but ReLU's rule passes every error through
+        if isinstance(layer, models.ReLU):
+            return models.HAND_DERIVED(ReLUPassingEveryError(), p, x, ctx)
+        return models.HAND_DERIVED(layer, p, x, ctx)
+
     rows = gradcheck.check_network(SMALL_SPEC, (9, 8, 2), rng(), "float32", fns=fns)
     # Only conv1 sits below the ReLU; the hand-derived path is untouched.
     assert failed(rows) == {f"net/conv1/{k} custom_vjp vs autodiff" for k in ("kernel", "bias")}

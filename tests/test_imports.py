@@ -1,6 +1,6 @@
-"""cnnjax (what importing loads): the math core loads no tqdm, matplotlib, orbax or TFDS, and the
-checking entry points run where those packages cannot be imported at all (as on an accelerator image
-that lacks them)."""
+"""cnnjax (what importing loads): the math core loads no tqdm, matplotlib, orbax, TFDS or Flax,
+and the checking entry points run where those packages cannot be imported at all (as on an
+accelerator image that lacks them)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from cnnjax.training import idx
 from tests.builders import REPO, write_idx_dir
 
-HEAVY = ("tqdm", "matplotlib", "orbax", "tensorflow_datasets")
+HEAVY = ("tqdm", "matplotlib", "orbax", "tensorflow_datasets", "flax")
 
 LOADED = """
 import sys
-import cnnjax.ops, cnnjax.losses, cnnjax.models, cnnjax.grads
+import cnnjax.ops, cnnjax.losses, cnnjax.models, cnnjax.grads, cnnjax.backprop
 print(sorted({m.split(".")[0] for m in sys.modules} & set(sys.argv[1:])))
 """
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import grads, losses, models
+from cnnjax import losses, models
 from cnnjax.models import AvgPool, Conv, Dense, Flatten, MaxPool, ReLU
 
 # float32 logits/losses/grads of these small nets, batched (vmap) vs one at a time: the same
@@ -227,7 +227,10 @@ def test_a_spec_holds_layers():
 
 def test_dense_after_conv_without_flatten():
     spec = (Conv(4, 3), ReLU(), Dense(10))
-    pattern = r"Dense needs a flat input but gets shape \(6, 6, 4\); put Flatten\(\) before it"
+    pattern = (
+        r"Dense needs a flat input but gets shape \(6, 6, 4\); "
+        r"put Flatten\(\) or GlobalAvgPool\(\) before it"
+    )
     with pytest.raises(ValueError, match=pattern):
         models.init(jax.random.key(0), spec, (8, 8, 1))
     with pytest.raises(ValueError, match=pattern):
@@ -368,7 +371,7 @@ LOSS_ENTRY_POINTS = {
     "per_example_grads": models.per_example_grads,
     "per_example_grad_norms": models.per_example_grad_norms,
     "grad_of_loss": jax.grad(models.loss),
-    "grad_of_loss_twins": lambda *args: jax.grad(models.loss)(*args, fns=grads.HAND_DERIVED),
+    "grad_of_loss_twins": lambda *args: jax.grad(models.loss)(*args, fns=models.HAND_DERIVED),
 }
 
 

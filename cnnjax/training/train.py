@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cnnjax import backprop, grads, losses, models
+from cnnjax import backprop, losses, models
 
 GRADIENTS = ("autodiff", "hand", "custom_vjp")  # jax.grad; manual backprop; jax.grad via twins
 SCHEDULES = ("constant", "step", "cosine")
@@ -133,11 +133,11 @@ def loss_logits_grads(
         raise ValueError(f"train.gradients must be one of {GRADIENTS}, got {gradients!r}")
     x_BHWC = x_BHWC.astype(low)
     if gradients == "hand":
-        loss, logits, g = backprop.backprop(
+        out = backprop.backprop(
             cast(params, low), x_BHWC, labels_B, spec, label_smoothing=label_smoothing
         )
-        return loss, logits, jax.tree.map(lambda d, p: d.astype(p.dtype), g, params)
-    fns = grads.HAND_DERIVED if gradients == "custom_vjp" else models.PLAIN
+        return out.loss, out.logits, jax.tree.map(lambda d, p: d.astype(p.dtype), out.grads, params)
+    fns = models.HAND_DERIVED if gradients == "custom_vjp" else models.PLAIN
 
     def loss_fn(p):  # differentiated w.r.t. the float32 params, through the cast
         logits = models.batch_logits(cast(p, low), x_BHWC, spec, fns)

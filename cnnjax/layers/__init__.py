@@ -1,0 +1,36 @@
+"""Layer kinds, one file each, all through one protocol (`base.Layer`): a new kind is a new file
+with a `@register`ed class and one import line here. `chain` runs a spec of them."""
+
+from cnnjax.layers.activations import ReLU
+from cnnjax.layers.base import (
+    BATCH,
+    EVAL,
+    HAND_DERIVED,
+    KINDS,
+    PLAIN,
+    Case,
+    Context,
+    Layer,
+    register,
+)
+from cnnjax.layers.conv import Conv
+from cnnjax.layers.dense import Dense, Flatten
+from cnnjax.layers.pooling import AvgPool, MaxPool
+
+__all__ = [
+    "BATCH",
+    "EVAL",
+    "HAND_DERIVED",
+    "KINDS",
+    "PLAIN",
+    "AvgPool",
+    "Case",
+    "Context",
+    "Conv",
+    "Dense",
+    "Flatten",
+    "Layer",
+    "MaxPool",
+    "ReLU",
+    "register",
+]
