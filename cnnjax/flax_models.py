@@ -13,6 +13,7 @@ unwraps containers, and never reshapes or transposes an array.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -23,6 +24,7 @@ from flax import nnx
 from flax.core import unfreeze
 
 from cnnjax import losses, models, ops
+from cnnjax.layers import chain
 from cnnjax.output import tables
 
 # float32 eps is 1.2e-7. The two paths run the same lax ops but may sum in a different order
@@ -32,30 +34,6 @@ from cnnjax.output import tables
 # is a loose bound, 1e-4 of the largest |value| leaves headroom and still catches any layout or
 # padding mistake (those give differences of order 1e-1 of the scale).
 FLOAT32_RTOL = 1e-4
-
-
-def _stateless(layer, x_NHWC):
-    """A layer without params on a batch, with Flax's functions. Flax pools default to stride 1,
-    not to the window as the spec does, so the stride is always passed explicitly."""
-    match layer:
-        case models.MaxPool() | models.AvgPool():
-            window = ops.as_pair(layer.window, "window")
-            stride = window if layer.stride is None else ops.as_pair(layer.stride, "stride")
-            if isinstance(layer, models.MaxPool):
-                return nn.max_pool(x_NHWC, window, stride, layer.padding)
-            # Flax divides by the integer np.prod(window), which strict dtype promotion rejects
-            # (float32 / int32), and with count_include_pad=False by counts made with jnp.ones,
-            # float64 under x64; so standard promotion, then back to x's dtype as ops.avg_pool.
-            with jax.numpy_dtype_promotion("standard"):
-                y_NHWC = nn.avg_pool(
-                    x_NHWC, window, stride, layer.padding, count_include_pad=layer.count_include_pad
-                )
-            return y_NHWC.astype(x_NHWC.dtype)
-        case models.ReLU():
-            return nn.relu(x_NHWC)
-        case models.Flatten():
-            return x_NHWC.reshape((x_NHWC.shape[0], -1))  # row-major H, W, C, as ops.flatten
-    raise TypeError(f"unknown layer {layer!r}")
 
 
 def _check_batch(x_NHWC):
@@ -68,91 +46,85 @@ def _check_batch(x_NHWC):
 
 
 class LinenCNN(nn.Module):
-    """`spec` as a linen module: `LinenCNN(spec).apply(pure_to_linen(params), x_NHWC)` gives
-    logits_NK equal to `models.batch_logits(params, x_NHWC, spec)`."""
+    """`spec` as a linen module: `LinenCNN(spec).apply(pure_to_linen(params, state), x_NHWC)`
+    gives logits_NK equal to `models.batch_logits(params, x_NHWC, spec, state=state)`; with
+    train=True (and mutable=["batch_stats"], rngs={"dropout": key}) it trains as
+    `models.batch_apply(..., train=True)`. Each layer is its kind's linen counterpart
+    (cnnjax.layers: `layer.linen(name)`, or Flax's functions for layers without params)."""
 
     spec: models.Spec = models.REFERENCE_CNN
 
     @nn.compact
-    def __call__(self, x_NHWC):
+    def __call__(self, x_NHWC, train: bool = False):
         _check_batch(x_NHWC)
-        h = x_NHWC
-        for layer, name in zip(self.spec, models.layer_names(self.spec), strict=True):
-            if isinstance(layer, models.Conv):
-                # an int kernel_size means a 1-D kernel to linen, so it is always a pair here
-                kernel_hw = ops.as_pair(layer.kernel_size, "kernel_size")
-                stride_hw = ops.as_pair(layer.stride, "stride")
-                conv = nn.Conv(layer.features, kernel_hw, stride_hw, layer.padding, name=name)
-                h = conv(h)
-            elif isinstance(layer, models.Dense):
-                h = nn.Dense(layer.features, name=name)(h)
-            else:
-                h = _stateless(layer, h)
-        return h
+        return chain.linen_apply(self.spec, x_NHWC, train)
 
 
-def pure_to_linen(params: dict) -> dict:
-    """Linen variables {"params": params}: the pure tree is already linen's params tree."""
-    return {"params": {name: dict(layer) for name, layer in params.items()}}
+def pure_to_linen(params: dict, state: dict | None = None) -> dict:
+    """Linen variables: the pure params tree is already linen's "params", the pure state its
+    "batch_stats" (left out when empty)."""
+    variables = {"params": _copy(params)}
+    if state:
+        variables["batch_stats"] = _copy(state)
+    return variables
 
 
 def linen_to_pure(variables) -> dict:
     """The pure params tree from linen variables {"params": ...} (from init, or a gradient)."""
-    return {name: dict(layer) for name, layer in unfreeze(variables)["params"].items()}
+    return _copy(unfreeze(variables)["params"])
+
+
+def linen_state(variables) -> dict:
+    """The pure state tree from linen variables (their "batch_stats"; {} if none)."""
+    return _copy(unfreeze(variables).get("batch_stats", {}))
+
+
+def _copy(tree) -> dict:
+    """The same arrays in fresh plain dicts."""
+    return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in tree.items()}
 
 
 # --------------------------------------------------------------------------- flax.nnx
 
 
 class NnxCNN(nnx.Module):
-    """`spec` as an nnx module on examples of `input_shape` (H, W, C); one attribute per layer
-    with params, named conv1, ..., dense1, ..., so `nnx.state(m, nnx.Param)` is the pure tree."""
+    """`spec` as an nnx module on examples of `input_shape` (H, W, C): one attribute per layer
+    with a module, named as its params (conv1, ..., batchnorm1, ..., dense1), so
+    `nnx.state(m, nnx.Param)` is the pure params tree and `nnx.state(m, nnx.BatchStat)` the pure
+    state. Trains as `models.batch_apply(..., train=True)` after `m.train()`, evaluates after
+    `m.eval()` (nnx's modes)."""
 
     def __init__(self, spec: models.Spec, input_shape, *, rngs: nnx.Rngs):
         self.spec = tuple(spec)
-        names = models.layer_names(self.spec)
-        in_shapes = [tuple(input_shape), *models.output_shapes(self.spec, input_shape)[:-1]]
-        for layer, name, in_shape in zip(self.spec, names, in_shapes, strict=True):
-            if name is None:
-                continue
-            if hasattr(self, name):
-                raise ValueError(f"layer name {name!r} clashes with an NnxCNN attribute")
-            if isinstance(layer, models.Conv):
-                kernel_hw = ops.as_pair(layer.kernel_size, "kernel_size")
-                stride_hw = ops.as_pair(layer.stride, "stride")
-                module = nnx.Conv(
-                    in_shape[-1],
-                    layer.features,
-                    kernel_hw,
-                    stride_hw,
-                    padding=layer.padding,
-                    rngs=rngs,
-                )
-            else:
-                module = nnx.Linear(in_shape[-1], layer.features, rngs=rngs)
-            setattr(self, name, module)
+        for key, module in chain.nnx_modules(self.spec, input_shape, rngs).items():
+            if hasattr(self, key):
+                raise ValueError(f"layer name {key!r} clashes with an NnxCNN attribute")
+            setattr(self, key, module)
 
     def __call__(self, x_NHWC):
         """logits_NK for a batch x_NHWC."""
         _check_batch(x_NHWC)
-        h = x_NHWC
-        for layer, name in zip(self.spec, models.layer_names(self.spec), strict=True):
-            h = _stateless(layer, h) if name is None else getattr(self, name)(h)
-        return h
+        return chain.nnx_apply(self.spec, self, x_NHWC)
 
 
-def pure_to_nnx(params: dict, spec: models.Spec, input_shape) -> NnxCNN:
-    """A new NnxCNN holding `params` (the arrays themselves, not copies). The module is built
-    abstractly (eval_shape), so no random init is spent on values that are replaced at once."""
+def pure_to_nnx(params: dict, spec: models.Spec, input_shape, state: dict | None = None) -> NnxCNN:
+    """A new NnxCNN holding `params` and `state` (the arrays themselves, not copies). The module
+    is built abstractly (eval_shape), so no random init is spent on values that are replaced at
+    once."""
     module = nnx.eval_shape(lambda: NnxCNN(spec, input_shape, rngs=nnx.Rngs(0)))
-    expected = jax.tree.map(jnp.shape, nnx_to_pure(module))
-    given = jax.tree.map(jnp.shape, params)
-    if given != expected:
-        raise ValueError(
-            f"params do not fit the spec on input {tuple(input_shape)}: shapes {given}, "
-            f"expected {expected}; build them with cnnjax.models.init(key, spec, input_shape)"
-        )
+    for what, given, expected in (
+        ("params", params, nnx_to_pure(module)),
+        ("state", state or {}, nnx_state(module)),
+    ):
+        given, expected = jax.tree.map(jnp.shape, given), jax.tree.map(jnp.shape, expected)
+        if given != expected:
+            raise ValueError(
+                f"{what} do not fit the spec on input {tuple(input_shape)}: shapes {given}, "
+                f"expected {expected}; build them with cnnjax.models.init / init_state"
+            )
     nnx.update(module, params)
+    if state:
+        nnx.update(module, state)
     return module
 
 
@@ -164,12 +136,17 @@ def nnx_to_pure(module_or_state) -> dict:
     return nnx.to_pure_dict(state)
 
 
+def nnx_state(module: nnx.Module) -> dict:
+    """The pure state tree (BatchNorm's running statistics) of an NnxCNN."""
+    return nnx.to_pure_dict(nnx.state(module, nnx.BatchStat))
+
+
 # --------------------------------------------------------------------------- parity: pure vs Flax
 
 
 class ParityRow(NamedTuple):
     framework: str  # "linen" or "nnx"
-    quantity: str  # "logits", "loss" or "grad conv1/kernel", ...
+    quantity: str  # "logits", "loss", "grad conv1/kernel" or "state batchnorm1/mean", ...
     max_abs_diff: float  # max |flax - pure|
     tolerance: float  # FLOAT32_RTOL * max |pure|
     passed: bool
@@ -179,24 +156,30 @@ def _mean_ce(logits_NK, labels_N):
     return jnp.mean(losses.cross_entropy(logits_NK, labels_N))
 
 
-@functools.partial(jax.jit, static_argnames="spec")
-def _pure_values(params, x_NHWC, labels_N, spec):
+@functools.partial(jax.jit, static_argnames=("spec", "train"))
+def _pure_values(params, state, x_NHWC, labels_N, spec, train):
     def loss_fn(p):
-        logits_NK = models.batch_logits(p, x_NHWC, spec)
-        return _mean_ce(logits_NK, labels_N), logits_NK
+        logits_NK, new_state = models.batch_apply(p, x_NHWC, spec, state=state, train=train)
+        return _mean_ce(logits_NK, labels_N), (logits_NK, new_state)
 
-    (loss, logits_NK), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return logits_NK, loss, grads
+    (loss, (logits_NK, new_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return logits_NK, loss, grads, new_state
 
 
-@functools.partial(jax.jit, static_argnames="spec")
-def _linen_values(variables, x_NHWC, labels_N, spec):
-    def loss_fn(v):
-        logits_NK = LinenCNN(spec).apply(v, x_NHWC)
-        return _mean_ce(logits_NK, labels_N), logits_NK
+@functools.partial(jax.jit, static_argnames=("spec", "train"))
+def _linen_values(variables, x_NHWC, labels_N, spec, train):
+    others = {k: v for k, v in variables.items() if k != "params"}
 
-    (loss, logits_NK), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables)
-    return logits_NK, loss, grads
+    def loss_fn(params):
+        logits_NK, updated = LinenCNN(spec).apply(
+            {"params": params, **others}, x_NHWC, train, mutable=["batch_stats"]
+        )
+        return _mean_ce(logits_NK, labels_N), (logits_NK, updated)
+
+    (loss, (logits_NK, updated)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        variables["params"]
+    )
+    return logits_NK, loss, grads, updated
 
 
 @nnx.jit
@@ -209,21 +192,30 @@ def _nnx_values(module, x_NHWC, labels_N):
     return logits_NK, loss, grads
 
 
-def flax_values(params: dict, spec: models.Spec, x_NHWC, labels_N) -> dict:
-    """{"pure" | "linen" | "nnx": (logits_NK, loss, grads)}: the batch-mean cross-entropy and its
-    gradient w.r.t. the params (a pure tree), each framework from the same params.
+def flax_values(params: dict, spec: models.Spec, x_NHWC, labels_N, *, state=None, train=False):
+    """{"pure" | "linen" | "nnx": (logits_NK, loss, grads, state after)}: the batch-mean
+    cross-entropy, its gradient w.r.t. the params (a pure tree) and the network's state after the
+    batch (BatchNorm's running statistics; updated in train mode), each framework from the same
+    params and state. A spec with Dropout compares in eval mode only: Flax derives each
+    dropout layer's key from its own rng plumbing (the masks of one key are tested equal layer
+    by layer in tests/layers/test_dropout.py).
 
     Each framework runs as its own jitted program (so XLA cannot merge one into another), at
     the highest matmul precision (ops.highest_precision: float32 is float32 on GPUs and TPUs
     too); the converters run outside jit, as a user would call them.
     """
-    module = pure_to_nnx(params, spec, x_NHWC.shape[1:])
+    state = {} if state is None else state
+    module = pure_to_nnx(params, spec, x_NHWC.shape[1:], state)
+    module.train() if train else module.eval()
     with ops.highest_precision():
-        values = {"pure": _pure_values(params, x_NHWC, labels_N, spec)}
-        logits_NK, loss, grads = _linen_values(pure_to_linen(params), x_NHWC, labels_N, spec)
-        values["linen"] = (logits_NK, loss, linen_to_pure(grads))
+        values = {"pure": _pure_values(params, state, x_NHWC, labels_N, spec, bool(train))}
+        variables = pure_to_linen(params, state)
+        logits_NK, loss, grads, updated = _linen_values(
+            variables, x_NHWC, labels_N, spec, bool(train)
+        )
+        values["linen"] = (logits_NK, loss, _copy(unfreeze(grads)), linen_state(updated))
         logits_NK, loss, grads = _nnx_values(module, x_NHWC, labels_N)
-        values["nnx"] = (logits_NK, loss, nnx_to_pure(grads))
+        values["nnx"] = (logits_NK, loss, nnx_to_pure(grads), nnx_state(module))
     return values
 
 
@@ -236,20 +228,32 @@ def _row(framework, quantity, got, want, rtol) -> ParityRow:
     return ParityRow(framework, quantity, diff, tol, diff <= tol)
 
 
-def parity_report(params, spec, x_NHWC, labels_N, *, rtol=FLOAT32_RTOL) -> list[ParityRow]:
-    """Pure vs linen vs nnx on one batch: a row per framework for the logits, the loss and each
-    gradient leaf, each passing when max |flax - pure| <= rtol * max |pure|."""
-    values = flax_values(params, spec, x_NHWC, labels_N)
-    logits, loss, grads = values["pure"]
+def _leaves(tree) -> dict[str, object]:
+    """{"conv1/kernel": leaf, "residual1/conv1/bias": leaf, ...}"""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in flat}
+
+
+def parity_report(
+    params, spec, x_NHWC, labels_N, *, rtol=FLOAT32_RTOL, state=None, train=False
+) -> list[ParityRow]:
+    """Pure vs linen vs nnx on one batch: a row per framework for the logits, the loss, each
+    gradient leaf and each state leaf, each passing when max |flax - pure| <= rtol * max |pure|.
+    A leaf one framework lacks fails (an infinite difference)."""
+    values = flax_values(params, spec, x_NHWC, labels_N, state=state, train=train)
+    logits, loss, grads, new_state = values["pure"]
     rows = []
     for framework in ("nnx", "linen"):
-        f_logits, f_loss, f_grads = values[framework]
+        f_logits, f_loss, f_grads, f_state = values[framework]
         rows.append(_row(framework, "logits", f_logits, logits, rtol))
         rows.append(_row(framework, "loss", f_loss, loss, rtol))
-        for name in grads:
-            for leaf in grads[name]:
-                quantity = f"grad {name}/{leaf}"
-                rows.append(_row(framework, quantity, f_grads[name][leaf], grads[name][leaf], rtol))
+        for what, pure, flax in (("grad", grads, f_grads), ("state", new_state, f_state)):
+            got = _leaves(flax)
+            for path, want in _leaves(pure).items():
+                quantity = f"{what} {path}"
+                rows.append(
+                    _row(framework, quantity, got.get(path, np.full((0,), np.nan)), want, rtol)
+                )
     return rows
 
 

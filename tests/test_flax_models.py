@@ -129,11 +129,11 @@ def test_round_trips_are_exact(case):
 def test_logits_loss_and_grads_agree(case):
     spec, _, params, x_NHWC, labels_N = case
     values = flax_models.flax_values(params, spec, x_NHWC, labels_N)
-    logits, loss, grads = values["pure"]
+    logits, loss, grads, _ = values["pure"]
     num_classes = models.output_shapes(spec, x_NHWC.shape[1:])[-1][0]
     assert logits.shape == (BATCH, num_classes)
     for framework in ("linen", "nnx"):
-        f_logits, f_loss, f_grads = values[framework]
+        f_logits, f_loss, f_grads, _ = values[framework]
         assert_close(f_logits, logits, f"{framework} logits")
         assert_close(f_loss, loss, f"{framework} loss")
         assert_tree_close(f_grads, grads, f"{framework} grad")
@@ -190,8 +190,8 @@ def test_parity_report_catches_a_planted_layout_bug(monkeypatch):
     spec, _, params, x_NHWC, labels_N = make_case("stride2_same_avg_exclude")
     honest = flax_models.pure_to_linen
 
-    def flipped(p):
-        variables = honest(p)
+    def flipped(p, state=None):
+        variables = honest(p, state)
         kernel = variables["params"]["conv1"]["kernel"]
         variables["params"]["conv1"] = {**variables["params"]["conv1"], "kernel": kernel[::-1]}
         return variables
@@ -216,11 +216,11 @@ def test_the_parity_table_shows_every_row_and_counts_the_passes():
 
 
 def test_flax_pool_default_stride_is_not_the_window():
-    """Why flax_models passes the pool stride explicitly: Flax defaults it to 1, the spec to the
-    window. Without it the reference net's flatten would not have 1600 features."""
+    """Why the pools' Flax counterparts pass the stride explicitly: Flax defaults it to 1, the
+    spec to the window. Without it the reference net's flatten would not have 1600 features."""
     x_NHWC = jnp.ones((1, 26, 26, 1))
     assert nn.max_pool(x_NHWC, (2, 2)).shape == (1, 25, 25, 1)
-    assert flax_models._stateless(MaxPool(2), x_NHWC).shape == (1, 13, 13, 1)
+    assert MaxPool(2).flax(x_NHWC, train=False).shape == (1, 13, 13, 1)
 
 
 def test_pure_to_nnx_rejects_params_of_another_spec():
@@ -243,4 +243,4 @@ def test_avg_pool_keeps_the_input_dtype_under_x64(count_include_pad):
     layer = AvgPool(2, padding="SAME", count_include_pad=count_include_pad)
     x_NHWC = jnp.ones((1, 3, 3, 1), jnp.float32)
     with jax.enable_x64(True):
-        assert flax_models._stateless(layer, x_NHWC).dtype == jnp.float32
+        assert layer.flax(x_NHWC, train=False).dtype == jnp.float32

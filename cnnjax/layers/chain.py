@@ -187,3 +187,50 @@ def num_params(spec, in_shape) -> list[int]:
         )
         counts.append(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(p)))
     return counts
+
+
+# --------------------------------------------------------------------------- Flax
+# The chain as Flax layers, for cnnjax.flax_models and for layers holding a sub-chain. Flax is
+# imported by the layers' own methods, only when a caller asks for a Flax module.
+
+
+def nnx_key(spec, i: int) -> str:
+    """The attribute an nnx chain keeps layer i's module under: its name, or for a layer with a
+    module but neither params nor state (Dropout), "layer<i>"."""
+    return names(spec)[i] or f"layer{i}"
+
+
+def linen_apply(spec, x_NHWC, train: bool):
+    """The chain on a batch, called inside a flax.linen compact method: each layer with params or
+    state as its linen module, named as its params (`layer.linen(name)`), the others with
+    Flax's functions (`layer.flax`)."""
+    h = x_NHWC
+    for layer, name in zip(spec, names(spec), strict=True):
+        h = layer.linen(name)(h, train) if name else layer.flax(h, train=train)
+    return h
+
+
+def nnx_modules(spec, in_shape, rngs) -> dict:
+    """{nnx_key: module} for each layer whose `nnx(in_shape, rngs)` gives a module; an nnx chain
+    sets them as its attributes, so nnx.state(chain, nnx.Param) is the pure params tree."""
+    modules, layer_names = {}, names(spec)
+    steps = zip(spec, layer_names, input_shapes(spec, in_shape), strict=True)
+    for i, (layer, name, shape) in enumerate(steps):
+        module = layer.nnx(shape, rngs)
+        if module is None:
+            continue
+        if name is None and nnx_key(spec, i) in layer_names:
+            raise ValueError(f"a layer named {nnx_key(spec, i)!r} clashes with layer {i}'s module")
+        modules[nnx_key(spec, i)] = module
+    return modules
+
+
+def nnx_apply(spec, owner, x_NHWC):
+    """The chain on a batch with the nnx modules `owner` holds as attributes (`nnx_modules`),
+    and Flax's functions for the layers without one; train or eval as the modules are set
+    (nnx's module.train() / module.eval())."""
+    h = x_NHWC
+    for i, layer in enumerate(spec):
+        module = getattr(owner, nnx_key(spec, i), None)
+        h = module(h) if module is not None else layer.flax(h, train=False)
+    return h
