@@ -407,6 +407,18 @@ def _cotangent_leaves(cotangents, args):
 # --------------------------------------------------------------------------- layer checks
 
 
+def _layer(case, rng, dtype, name, argnames=("dx",), kind="continuous") -> dict:
+    """check_vjp's keywords for a built-in layer check: one dtype, drawing from `rng`; tie-heavy
+    `kind`s redrawn there, so the caller passes placeholders (`_given`)."""
+    data = None if kind == "continuous" else kind
+    return dict(name=name, argnames=argnames, case=case, dtypes=dtype, data=data, seed=rng)
+
+
+def _given(rng, shape, kind="continuous") -> np.ndarray:
+    """Continuous data drawn now; for a tie-heavy `kind` zeros, which check_vjp redraws."""
+    return _data(rng, shape) if kind == "continuous" else np.zeros(shape)
+
+
 def check_conv2d(case, rng, dtype, rule=grads.conv2d_vjp) -> list[Row]:
     """conv2d's dx, dkernel, dbias; `rule(x, w, dy, stride=, padding=) -> (dx, dw, db)`."""
     kw = dict(stride=case["stride"], padding=case["padding"])
@@ -418,18 +430,6 @@ def check_conv2d(case, rng, dtype, rule=grads.conv2d_vjp) -> list[Row]:
         *args,
         **_layer(case, rng, dtype, "conv2d", names),
     )
-
-
-def _layer(case, rng, dtype, name, argnames=("dx",), kind="continuous") -> dict:
-    """check_vjp's keywords for a built-in layer check: one dtype, drawing from `rng`; tie-heavy
-    `kind`s redrawn there, so the caller passes placeholders (`_given`)."""
-    data = None if kind == "continuous" else kind
-    return dict(name=name, argnames=argnames, case=case, dtypes=dtype, data=data, seed=rng)
-
-
-def _given(rng, shape, kind="continuous") -> np.ndarray:
-    """Continuous data drawn now; for a tie-heavy `kind` zeros, which check_vjp redraws."""
-    return _data(rng, shape) if kind == "continuous" else np.zeros(shape)
 
 
 def check_max_pool(case, rng, dtype, rule=grads.max_pool_vjp, kind="continuous") -> list[Row]:
@@ -553,14 +553,13 @@ def _network_inputs(spec, input_shape, rng, dtype, batch):
 def _with_random_biases(params: dict, rng, dtype) -> dict:
     """Every "bias" leaf, at any depth, N(0, 0.1^2) (init's zeros hide a rule that drops one),
     drawn in the params' own order."""
-    return {
-        k: _with_random_biases(p, rng, dtype)
-        if isinstance(p, dict)
-        else jnp.asarray(0.1 * _data(rng, np.shape(p)), dtype)
-        if k == "bias"
-        else p
-        for k, p in params.items()
-    }
+    redrawn = {}
+    for k, p in params.items():
+        if isinstance(p, dict):
+            redrawn[k] = _with_random_biases(p, rng, dtype)
+        else:
+            redrawn[k] = jnp.asarray(0.1 * _data(rng, np.shape(p)), dtype) if k == "bias" else p
+    return redrawn
 
 
 def check_network(
