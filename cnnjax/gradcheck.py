@@ -1,10 +1,13 @@
-"""Gradient checks: the hand-derived rules (cnnjax.grads, cnnjax.backprop) vs jax autodiff vs
-finite differences. Past 350 lines because the layer checks and the whole-network checks share
-one engine (the data, the FD steps, the comparison against a tolerance) and its constants.
+"""Gradient checks: a hand-derived VJP vs jax autodiff vs finite differences, for any function
+(`check_vjp`, `assert_vjp`, `check_custom_vjp`) and, on that engine, for every rule of cnnjax.grads
+and cnnjax.backprop. Past 350 lines because the public check, the layer checks and the
+whole-network checks share one engine (the data, the FD steps, the comparison against a
+tolerance) and its constants.
 
 Every check returns report `Row`s. Three references, each for what it can prove:
 
-* autodiff (jax.vjp of the plain op in cnnjax.ops / cnnjax.losses), float32 and float64.
+* autodiff (jax.vjp of f; for the built-in rules the plain op of cnnjax.ops / cnnjax.losses),
+  float32 and float64.
 * central finite differences (FD), float64 only: independent of every jax derivative rule.
   Directional: for random v and dy, f(t) = <dy, op(x + t v)>, (f(h) - f(-h)) / 2h ~ <VJP(dy), v>
   checks the whole VJP in two evaluations. Inputs are continuous (no ties), but a network has so
@@ -26,6 +29,19 @@ exact (0) in float64; FD (float64) 1e-5. Rules under test must be traceable: eac
 Every check runs at the highest matmul precision on every backend (`ops.highest_precision`):
 the float32 tolerances above assume float32 arithmetic, which GPUs (TF32) and TPUs (bfloat16
 passes) do not give by default.
+
+Checking your own rule: `vjp(*args, dy)` returns one cotangent per arg (pytrees, like a params
+dict, welcome); labels and other integer inputs are closed over (functools.partial). In a test:
+
+    def softplus(x): return jnp.logaddexp(x, 0.0)
+    def softplus_vjp(x, dy): return dy * jax.nn.sigmoid(x)
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    gradcheck.assert_vjp(softplus, softplus_vjp, x, name="softplus")  # float32, float64, FD
+
+A failure raises AssertionError with the table of the failing rows ("softplus/arg0 vs fd").
+For a piecewise-linear op (a ReLU, a max), `data="plateaus"` or "integers" also checks its
+policy at the kinks, exactly. `check_vjp` returns the rows instead of raising;
+`check_custom_vjp(f, *args)` checks a jax.custom_vjp's rule against its undecorated function.
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -53,7 +70,7 @@ TOL_AUTODIFF = {"float32": 1e-4, "float64": 1e-10}
 TOL_TIES = {"float32": TOL_AUTODIFF["float32"], "float64": 0.0}
 # FD, float64, h = 1e-6: truncation O(h^2 |f'''|) ~ 1e-12 (only cross-entropy curves), rounding
 # O(eps64 |f| / h) ~ 2e-10 |f| absolute, so ~1e-7 relative for a leaf whose gradient is 1e-3 of
-# the loss. Measured max 3e-8 in the default run (6e-7 over 100 specs); 1e-5 keeps >= 15x. The
+# the loss. Measured max 5e-7 in the default run (6e-7 over 100 specs); 1e-5 keeps >= 15x. The
 # smaller steps serve only directions that meet a kink (~2% in REFERENCE_CNN's wide layers).
 FD_STEPS, TOL_FD, FD_DIRECTIONS = (1e-6, 1e-7, 1e-8), 1e-5, 3
 TIE_KINDS = ("integers", "plateaus")  # rng.integers(-1, 2); relu(normal): half exact zeros
@@ -86,6 +103,12 @@ def _x64(dtype: str):
     return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
 
 
+def _case(case) -> str:
+    if isinstance(case, dict):
+        return " ".join(f"{k}={v}".replace(" ", "") for k, v in case.items())
+    return str(case)
+
+
 def _row(check: str, case, dtype: str, got, want, tol: float) -> Row:
     """A rule's result vs the reference's; a wrong shape or dtype, or nothing to compare, fails."""
     same_dtype = getattr(got, "dtype", None) == getattr(want, "dtype", None)
@@ -94,9 +117,7 @@ def _row(check: str, case, dtype: str, got, want, tol: float) -> Row:
     if got.shape == want.shape and want.size and same_dtype:
         abs_err = float(np.max(np.abs(got - want)))
         rel_err = abs_err / max(float(np.max(np.abs(want))), float(np.finfo(dtype).tiny))
-    if isinstance(case, dict):
-        case = " ".join(f"{k}={v}".replace(" ", "") for k, v in case.items())
-    return Row(check, case, dtype, abs_err, rel_err, tol, bool(rel_err <= tol))
+    return Row(check, _case(case), dtype, abs_err, rel_err, tol, bool(rel_err <= tol))
 
 
 def _fd(f, a, v_D):
@@ -120,36 +141,6 @@ def _fd_row(check: str, case, v_D, grad, fd_S2D) -> Row:
     kept = agree_SD.any(axis=0)
     analytic = np.tensordot(v_D, grad, grad.ndim)
     return _row(check, case, "float64", analytic[kept], fd_D[kept], TOL_FD)
-
-
-def _vjp_rows(layer, case, dtype, fn, args, names, hand, rng, kind="continuous"):
-    """hand(*args, dy) (a gradient per arg, named) vs jax.vjp(fn, *args) at a random dy, and
-    vs FD in float64 on continuous inputs. args: NumPy arrays, cast to dtype here."""
-    ties = kind != "continuous"
-    with _x64(dtype):
-        args = tuple(jnp.asarray(a, dtype) for a in args)
-        y_shape = jax.eval_shape(fn, *args).shape
-        dy = jnp.asarray(_data(rng, y_shape, "integers" if ties else kind), dtype)
-        fd_dirs = dtype == "float64" and not ties
-        v = [jnp.asarray(_data(rng, (FD_DIRECTIONS, *a.shape)), dtype) for a in args if fd_dirs]
-
-        def compute(args, dy, v):
-            got = hand(*args, dy)
-            fd = [
-                _fd(lambda a, i=i: jnp.vdot(dy, fn(*args[:i], a, *args[i + 1 :])), args[i], v_D)
-                for i, v_D in enumerate(v)
-            ]
-            return jax.vjp(fn, *args)[1](dy), got if isinstance(got, tuple) else (got,), fd
-
-        want, got, fd = _run(compute, args, dy, v)
-    ref, tol = (f"autodiff, {kind}", TOL_TIES) if ties else ("autodiff", TOL_AUTODIFF)
-    rows = [
-        _row(f"{layer}/{n} vs {ref}", case, dtype, g, w, tol[dtype])
-        for n, g, w in zip(names, got, want, strict=True)
-    ]
-    for n, g, v_D, fd_2D in zip(names, got, v, fd, strict=False):
-        rows.append(_fd_row(f"{layer}/{n} vs fd", case, v_D, g, fd_2D))
-    return rows
 
 
 def _data(rng, shape, kind="continuous") -> np.ndarray:
@@ -185,16 +176,259 @@ def random_case(rng, layer: str) -> dict:
             return dict(x_shape=x_shape, window=window, stride=stride, padding=padding)
 
 
+# --------------------------------------------------------------------------- any rule
+
+
+def check_vjp(
+    f,
+    vjp,
+    *args,
+    name="f",
+    argnames=None,
+    case="",
+    dtypes=("float32", "float64"),
+    data=None,
+    seed=0,
+    fd=True,
+) -> list[Row]:
+    """Checks a hand-derived VJP: `vjp(*args, dy)` vs `jax.vjp(f, *args)` at a random dy, and
+    in float64 on continuous data vs central finite differences of f along FD_DIRECTIONS
+    random directions (`fd=False`: not). Jitted at the highest precision, x64 only meanwhile.
+
+    Args:
+      f: the forward, `f(*args)` -> an array or a pytree of floating arrays.
+      vjp: `vjp(*args, dy)` -> one cotangent per arg, each shaped like its arg (a pytree if
+        the arg is one: `(dx, {"kernel": dw, "bias": db})`), as a tuple; with one arg, the bare
+        cotangent. Both must be traceable (jax.numpy, no NumPy on the values).
+      args: the differentiated inputs, floating arrays (NumPy or jax) or pytrees of them (a
+        params dict), each leaf cast to each dtype. Inputs not differentiated (integer labels,
+        shapes, strides) are closed over: `functools.partial(f, labels=labels)` and the same
+        for vjp; an integer or bool leaf is a ValueError.
+      name, argnames: rows are named "name/argname/path vs autodiff" ("vs fd", "vs autodiff,
+        plateaus"); argnames default "arg0", "arg1", ...; path is the leaf's place in a pytree
+        arg ("kernel"); an empty part is left out.
+      case: the shapes or settings checked (a str or a dict), the rows' `case`.
+      dtypes: "float32" and/or "float64".
+      data: None to check at the given values; or, for a piecewise-linear op (ReLU, max,
+        pooling: integer data keep every sum exact), one of TIE_KINDS ("integers": -1, 0, 1;
+        "plateaus": relu(normal), half exact zeros) to check its tie or kink policy: every
+        leaf redrawn so, dy small integers, float64 bit-exact (TOL_TIES), no FD.
+      seed: an int (every dtype draws the same dy and directions) or a numpy Generator (drawn
+        from in turn).
+
+    Returns:
+      One Row per leaf of each arg and reference, passed if within TOL_AUTODIFF, TOL_TIES or
+      TOL_FD. A cotangent of the wrong shape or dtype fails its row; one of the wrong pytree
+      structure fails a "cotangent structure" row (the structures in its `case`).
+    """
+    hand = _Hand("", lambda *a: (vjp(*a), None), fd)
+    kw = dict(name=name, argnames=argnames, case=case, dtypes=dtypes, data=data, seed=seed)
+    return _check_dtypes(f, f, hand, args, **kw)
+
+
+def assert_vjp(f, vjp, *args, **kwargs) -> list[Row]:
+    """`check_vjp` for a test: an AssertionError whose message is the table of the failing
+    rows and the summary; else the rows."""
+    return _assert(check_vjp(f, vjp, *args, **kwargs))
+
+
+def check_custom_vjp(
+    f,
+    *args,
+    primal=None,
+    name="f",
+    argnames=None,
+    case="",
+    dtypes=("float32", "float64"),
+    data=None,
+    seed=0,
+    fd=True,
+) -> list[Row]:
+    """Checks the rule of `f`, a `jax.custom_vjp` function: `jax.vjp(f, *args)` (its bwd) vs
+    jax.vjp of the function without the rule, `f.fun`, and vs FD of f itself. For a function
+    that only calls one (a wrapper, a functools.partial), pass `primal=` the same computation
+    on plain jax ops. Otherwise as `check_vjp` (jax itself rejects a bwd output of the wrong
+    structure or shape, with its own error)."""
+    primal = getattr(f, "fun", None) if primal is None else primal
+    if primal is None:
+        raise ValueError(
+            f"{name}: f is not a jax.custom_vjp function (it has no .fun); "
+            "pass primal=, the same function without the custom rule"
+        )
+
+    def rule(*a):
+        return jax.vjp(f, *a[:-1])[1](a[-1]), None
+
+    kw = dict(name=name, argnames=argnames, case=case, dtypes=dtypes, data=data, seed=seed)
+    return _check_dtypes(primal, f, _Hand("", rule, fd), args, **kw)
+
+
+def assert_custom_vjp(f, *args, **kwargs) -> list[Row]:
+    """`check_custom_vjp` for a test, raising as `assert_vjp`."""
+    return _assert(check_custom_vjp(f, *args, **kwargs))
+
+
+def _assert(rows: list[Row]) -> list[Row]:
+    if failed := [row for row in rows if not row.passed]:
+        raise AssertionError(f"\n{format_table(failed)}\n{summary(rows)}")
+    return rows
+
+
+class _Hand(NamedTuple):
+    label: str  # after the leaf in its rows' names: "", " hand", " custom_vjp"
+    vjp: Callable  # (*args, dy) -> (cotangents, aux: returned by _check, None if unused)
+    fd: bool  # vs FD too (float64, continuous data)
+
+
+def _check_dtypes(reference, forward, hand, args, *, dtypes, seed, **kw) -> list[Row]:
+    """_check in each dtype, each from a Generator of `seed` (a Generator: that one)."""
+    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
+    if bad := [d for d in dtypes if d not in TOL_AUTODIFF]:
+        raise ValueError(f"dtypes {bad}: only {tuple(TOL_AUTODIFF)} are checked")
+    rows = []
+    for dtype in dtypes:
+        rng = np.random.default_rng(seed)
+        rows += _check(reference, forward, [hand], args, dtype=dtype, rng=rng, **kw)[0]
+    return rows
+
+
+def _leaf_names(args, name, argnames) -> tuple[list[str], list[str]]:
+    """The argnames, and "name/argname/path" per leaf of args in jax's order (empty parts left
+    out); a leaf that is not floating is a ValueError."""
+    argnames = [f"arg{i}" for i in range(len(args))] if argnames is None else list(argnames)
+    if len(argnames) != len(args):
+        raise ValueError(f"{name}: {len(argnames)} argnames {argnames} for {len(args)} args")
+    names = []
+    for (i, *path), leaf in jax.tree_util.tree_flatten_with_path(args)[0]:
+        parts = (name, argnames[i.idx], *(_key(k) for k in path))
+        names.append("/".join(p for p in parts if p))
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ValueError(
+                f"{names[-1]} is {dtype}: only floating inputs are differentiated; close over "
+                "labels, shapes and other constants (functools.partial(f, labels=...), and vjp)"
+            )
+    return argnames, names
+
+
+def _key(key) -> str:
+    for attribute in ("key", "idx", "name"):  # DictKey, SequenceKey, GetAttrKey
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+class _Where(NamedTuple):  # what rows are named and labelled by
+    name: str
+    argnames: list[str]
+    leaves: list[str]  # "name/argname/path" per leaf, in jax's order
+    case: str | dict
+    dtype: str
+    data: str | None  # one of TIE_KINDS, or None: continuous
+
+
+def _check(reference, forward, hands, args, *, name, dtype, rng, argnames=None, case="", data=None):
+    """Each hand's cotangents vs jax.vjp(reference) at one random dy, and (hand.fd) vs FD of
+    `forward`. Returns (rows, the reference's output, each hand's aux). Draws, in order: the
+    leaves (if `data`), dy, the FD directions per leaf."""
+    if data not in (None, *TIE_KINDS):
+        raise ValueError(f"{name}: data={data!r}; pass None or one of {TIE_KINDS}")
+    where = _Where(name, *_leaf_names(args, name, argnames), case, dtype, data)
+    with _x64(dtype):
+        leaves, tree = jax.tree.flatten(args)
+        leaves = [_data(rng, np.shape(a), data) if data else a for a in leaves]
+        leaves = [jnp.asarray(a, dtype) for a in leaves]
+        dy = jax.tree.map(
+            lambda y: jnp.asarray(_data(rng, y.shape, data and "integers"), y.dtype),
+            jax.eval_shape(reference, *tree.unflatten(leaves)),
+        )
+        fd_on = dtype == "float64" and not data and any(hand.fd for hand in hands)
+        v = [jnp.asarray(_data(rng, (FD_DIRECTIONS, *a.shape)), dtype) for a in leaves if fd_on]
+
+        def compute(leaves, dy, v):
+            args = tree.unflatten(leaves)
+            y, pullback = jax.vjp(reference, *args)
+
+            def along(k, a):  # <dy, forward(args)> with leaf k at a
+                y = forward(*tree.unflatten([*leaves[:k], a, *leaves[k + 1 :]]))
+                return sum(jax.tree.leaves(jax.tree.map(jnp.vdot, dy, y)))
+
+            fd = [_fd(functools.partial(along, k), leaves[k], v_D) for k, v_D in enumerate(v)]
+            return y, pullback(dy), [hand.vjp(*args, dy) for hand in hands], fd
+
+        y, want, got, fd = _run(compute, leaves, dy, v)
+    cotangents = [cotangents for cotangents, _ in got]
+    return _rows(hands, args, cotangents, want, fd, v, where), y, [aux for _, aux in got]
+
+
+def _rows(hands, args, cotangents, want, fd, v, where: _Where) -> list[Row]:
+    """Per leaf, each hand's cotangent vs the reference's; then each FD-checked hand's vs FD.
+    An arg whose cotangent has another structure fails one row instead of its leaves'."""
+    tol = (TOL_AUTODIFF if where.data is None else TOL_TIES)[where.dtype]
+    ref = "autodiff" + (f", {where.data}" if where.data else "")
+    rows, want, got = [], jax.tree.leaves(want), []
+    for hand, c in zip(hands, cotangents, strict=True):
+        leaves, mismatches = _cotangent_leaves(c, args)
+        got.append(leaves)
+        for i, got_tree, want_tree in mismatches:
+            arg = "/".join(p for p in (where.name, "" if i is None else where.argnames[i]) if p)
+            case = f"{_case(where.case)} got {got_tree}, want {want_tree}".strip()
+            check = f"{arg}{hand.label} cotangent structure"
+            rows.append(Row(check, case, where.dtype, np.inf, np.inf, tol, False))
+    for k, leaf in enumerate(where.leaves):
+        for hand, g in zip(hands, got, strict=True):
+            if g[k] is not None:
+                check = f"{leaf}{hand.label} vs {ref}"
+                rows.append(_row(check, where.case, where.dtype, g[k], want[k], tol))
+    for hand, g in zip(hands, got, strict=True):
+        for k, fd_2D in enumerate(fd if hand.fd else []):
+            if g[k] is not None:
+                check = f"{where.leaves[k]}{hand.label} vs fd"
+                rows.append(_fd_row(check, where.case, v[k], g[k], fd_2D))
+    return rows
+
+
+def _cotangent_leaves(cotangents, args):
+    """The cotangents' leaves in args' order, None for those of an arg whose cotangent has
+    another structure; and the mismatches: (arg index, or None for the tuple; got; wanted)."""
+    if len(args) == 1 and not (isinstance(cotangents, tuple) and len(cotangents) == 1):
+        cotangents = (cotangents,)  # one arg: its bare cotangent
+    if not isinstance(cotangents, tuple | list) or len(cotangents) != len(args):
+        mismatch = (None, jax.tree.structure(cotangents), f"a tuple of {len(args)}")
+        return [None] * len(jax.tree.leaves(args)), [mismatch]
+    leaves, mismatches = [], []
+    for i, (cotangent, arg) in enumerate(zip(cotangents, args, strict=True)):
+        got, want = jax.tree.structure(cotangent), jax.tree.structure(arg)
+        leaves += jax.tree.leaves(cotangent) if got == want else [None] * want.num_leaves
+        mismatches += [] if got == want else [(i, got, want)]
+    return leaves, mismatches
+
+
 # --------------------------------------------------------------------------- layer checks
+
+
+def _layer(case, rng, dtype, name, argnames=("dx",), kind="continuous") -> dict:
+    """check_vjp's keywords for a built-in layer check: one dtype, drawing from `rng`; tie-heavy
+    `kind`s redrawn there, so the caller passes placeholders (`_given`)."""
+    data = None if kind == "continuous" else kind
+    return dict(name=name, argnames=argnames, case=case, dtypes=dtype, data=data, seed=rng)
+
+
+def _given(rng, shape, kind="continuous") -> np.ndarray:
+    """Continuous data drawn now; for a tie-heavy `kind` zeros, which check_vjp redraws."""
+    return _data(rng, shape) if kind == "continuous" else np.zeros(shape)
 
 
 def check_conv2d(case, rng, dtype, rule=grads.conv2d_vjp) -> list[Row]:
     """conv2d's dx, dkernel, dbias; `rule(x, w, dy, stride=, padding=) -> (dx, dw, db)`."""
     kw = dict(stride=case["stride"], padding=case["padding"])
     args = [_data(rng, s) for s in (case["x_shape"], case["w_shape"], case["w_shape"][3:])]
-    forward, names = functools.partial(ops.conv2d, **kw), ("dx", "dkernel", "dbias")
-    return _vjp_rows(
-        "conv2d", case, dtype, forward, args, names, lambda x, w, b, dy: rule(x, w, dy, **kw), rng
+    names = ("dx", "dkernel", "dbias")
+    return check_vjp(
+        functools.partial(ops.conv2d, **kw),
+        lambda x, w, b, dy: rule(x, w, dy, **kw),
+        *args,
+        **_layer(case, rng, dtype, "conv2d", names),
     )
 
 
@@ -214,14 +448,14 @@ def check_avg_pool(case, rng, dtype, rule=grads.avg_pool_vjp) -> list[Row]:
 def _pool_rows(layer, op, case, rng, dtype, rule, kind="continuous", **extra) -> list[Row]:
     kw = dict(window=case["window"], stride=case["stride"], padding=case["padding"], **extra)
     forward, hand = functools.partial(op, **kw), functools.partial(rule, **kw)
-    x = _data(rng, case["x_shape"], kind)
-    return _vjp_rows(layer, case, dtype, forward, [x], ("dx",), hand, rng, kind)
+    x = _given(rng, case["x_shape"], kind)
+    return check_vjp(forward, hand, x, **_layer(case, rng, dtype, layer, kind=kind))
 
 
 def check_relu(case, rng, dtype, rule=grads.relu_vjp, kind="continuous") -> list[Row]:
     """relu's dx on `kind` inputs: TIE_KINDS put exact zeros, the kink, under test."""
-    x = _data(rng, case["x_shape"], kind)
-    return _vjp_rows("relu", case, dtype, ops.relu, [x], ("dx",), rule, rng, kind)
+    x = _given(rng, case["x_shape"], kind)
+    return check_vjp(ops.relu, rule, x, **_layer(case, rng, dtype, "relu", kind=kind))
 
 
 def check_dense(case, rng, dtype, rule=grads.dense_vjp) -> list[Row]:
@@ -229,14 +463,17 @@ def check_dense(case, rng, dtype, rule=grads.dense_vjp) -> list[Row]:
     (i, o) = case["w_shape"]
     args = [_data(rng, shape) for shape in [(i,), (i, o), (o,)]]
     names = ("dx", "dkernel", "dbias")
-    return _vjp_rows(
-        "dense", case, dtype, ops.dense, args, names, lambda x, w, b, dy: rule(x, w, dy), rng
+    return check_vjp(
+        ops.dense,
+        lambda x, w, b, dy: rule(x, w, dy),
+        *args,
+        **_layer(case, rng, dtype, "dense", names),
     )
 
 
 def check_flatten(case, rng, dtype, rule=grads.flatten_vjp) -> list[Row]:
     x = _data(rng, case["x_shape"])
-    return _vjp_rows("flatten", case, dtype, ops.flatten, [x], ("dx",), rule, rng)
+    return check_vjp(ops.flatten, rule, x, **_layer(case, rng, dtype, "flatten"))
 
 
 def check_cross_entropy(case, rng, dtype, rule=grads.cross_entropy_vjp) -> list[Row]:
@@ -253,7 +490,7 @@ def check_cross_entropy(case, rng, dtype, rule=grads.cross_entropy_vjp) -> list[
 
     forward = functools.partial(losses.cross_entropy, labels=labels, label_smoothing=smoothing)
     check = f"cross_entropy[{case['target']}]"
-    return _vjp_rows(check, case, dtype, forward, [logits], ("dlogits",), hand, rng)
+    return check_vjp(forward, hand, logits, **_layer(case, rng, dtype, check, ("dlogits",)))
 
 
 def layer_checks(rngs, dtype: str, num_cases: int = 4) -> list[Row]:
@@ -307,11 +544,22 @@ def random_spec(rng) -> tuple[models.Spec, tuple[int, int, int]]:
 def _network_inputs(spec, input_shape, rng, dtype, batch):
     """Params (init's kernels, biases N(0, 0.1^2)), x_NHWC normal, labels_N; x64 set if float64."""
     params = models.init(jax.random.key(int(rng.integers(2**31))), spec, input_shape, dtype)
-    for p in params.values():
-        p["bias"] = jnp.asarray(0.1 * _data(rng, p["bias"].shape), dtype)
+    params = _with_random_biases(params, rng, dtype)
     num_classes = models.output_shapes(spec, input_shape)[-1][0]
     x_NHWC = jnp.asarray(_data(rng, (batch, *input_shape)), dtype)
     return params, x_NHWC, rng.integers(0, num_classes, batch)
+
+
+def _with_random_biases(params: dict, rng, dtype) -> dict:
+    """Every "bias" leaf, at any depth, N(0, 0.1^2) (init's zeros hide a rule that drops one),
+    drawn in the params' own order."""
+    redrawn = {}
+    for k, p in params.items():
+        if isinstance(p, dict):
+            redrawn[k] = _with_random_biases(p, rng, dtype)
+        else:
+            redrawn[k] = jnp.asarray(0.1 * _data(rng, np.shape(p)), dtype) if k == "bias" else p
+    return redrawn
 
 
 def check_network(
@@ -328,48 +576,28 @@ def check_network(
     fns=models.HAND_DERIVED,
 ) -> list[Row]:
     """`value_and_grad(params, x, labels, spec, label_smoothing=)`, and jax.grad through `fns`
-    (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf ("net/conv1/kernel");
-    in float64 the first vs FD too."""
+    (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf, named by its path
+    ("net/conv1/kernel hand vs autodiff"); in float64 the first vs FD too. The engine of
+    check_vjp, on f = params -> loss."""
     kw = dict(label_smoothing=label_smoothing)
     with _x64(dtype):
         params, x, labels = _network_inputs(spec, input_shape, rng, dtype, batch)
-        shapes = {(name, k): a.shape for name, p in params.items() for k, a in p.items()}
-        v = {
-            leaf: jnp.asarray(_data(rng, (FD_DIRECTIONS, *shape)), dtype)
-            for leaf, shape in shapes.items()
-            if dtype == "float64"
-        }
 
-        def loss(p, fns=models.PLAIN):
-            return models.loss(p, x, labels, spec, **kw, fns=fns)
+    def loss(p, fns=models.PLAIN):
+        return models.loss(p, x, labels, spec, **kw, fns=fns)
 
-        def loss_at(params, leaf, value):  # the loss with one leaf replaced
-            name, k = leaf
-            return loss({**params, name: {**params[name], k: value}})
+    def hand(p, dy):  # the VJP of a scalar: dy times the gradient
+        value, g = value_and_grad(p, x, labels, spec, **kw)
+        return jax.tree.map(lambda leaf: dy * leaf, g), value
 
-        def compute(params, v):
-            fd = {
-                leaf: _fd(functools.partial(loss_at, params, leaf), params[leaf[0]][leaf[1]], v_D)
-                for leaf, v_D in v.items()
-            }
-            hand = value_and_grad(params, x, labels, spec, **kw)
-            return jax.value_and_grad(loss)(params), hand, jax.grad(loss)(params, fns), fd
+    def custom_vjp(p, dy):
+        return jax.vjp(functools.partial(loss, fns=fns), p)[1](dy)[0], None
 
-        out = _run(compute, params, v)
-    return _network_rows(prefix, case, dtype, list(shapes), v, *out)
-
-
-def _network_rows(prefix, case, dtype, leaves, v, want, got, via_fns, fd) -> list[Row]:
-    (want_loss, want), (got_loss, got), tol = want, got, TOL_AUTODIFF[dtype]
-    rows = [_row(f"{prefix}/loss hand vs autodiff", case, dtype, got_loss, want_loss, tol)]
-    for name, k in leaves:
-        check, w = f"{prefix}/{name}/{k}", want[name][k]
-        rows.append(_row(f"{check} hand vs autodiff", case, dtype, got[name][k], w, tol))
-        rows.append(_row(f"{check} custom_vjp vs autodiff", case, dtype, via_fns[name][k], w, tol))
-    for name, k in v:
-        check = f"{prefix}/{name}/{k} hand vs fd"
-        rows.append(_fd_row(check, case, v[name, k], got[name][k], fd[name, k]))
-    return rows
+    hands = [_Hand(" hand", hand, True), _Hand(" custom_vjp", custom_vjp, False)]
+    where = dict(name=prefix, argnames=("",), case=case)
+    rows, want, (got, _) = _check(loss, loss, hands, (params,), dtype=dtype, rng=rng, **where)
+    tol = TOL_AUTODIFF[dtype]
+    return [_row(f"{prefix}/loss hand vs autodiff", case, dtype, got, want, tol), *rows]
 
 
 def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8):
