@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import backprop, grads, losses, models, ops
+from cnnjax import backprop, grads, layers, losses, models, ops
 from cnnjax.output import tables
 
 # Hand vs autodiff. float32: the two sides sum in different orders, each rounding ~eps32 sqrt(n)
@@ -493,20 +493,85 @@ def check_cross_entropy(case, rng, dtype, rule=grads.cross_entropy_vjp) -> list[
     return check_vjp(forward, hand, logits, **_layer(case, rng, dtype, check, ("dlogits",)))
 
 
-def layer_checks(rngs, dtype: str, num_cases: int = 4) -> list[Row]:
-    """Every layer rule on `num_cases` random cases; `rngs` yields a Generator per case group
-    (seeded by position, so every dtype sees the same cases and data)."""
-    rows, kinds = [], ("continuous", *TIE_KINDS)
+# --------------------------------------------------------------------------- layer kinds
+
+
+def check_layer(
+    layer: layers.Layer,
+    in_shape,
+    *,
+    batch: int = 1,
+    train: bool = False,
+    dtypes=("float32", "float64"),
+    data=None,
+    seed=0,
+) -> list[Row]:
+    """A layer kind's hand-derived rule (cnnjax.layers protocol) vs autodiff and FD, through
+    check_vjp's engine, on a batch of `batch` examples of `in_shape`.
+
+    f(params, x_N) is the layer's one-example `apply` vmapped over the batch (axis layers.BATCH),
+    so a rule through batch statistics is checked whole. The hands: its `vjp`, vmapped with the
+    parameter gradients summed (rows "Kind/dx", "Kind/kernel", ...), and, where the kind has its
+    own batched form, its `vjp_batch` (rows "... batched"). Params are its `init`, every leaf
+    shifted by N(0, 0.1^2) (init's zeros and ones hide a rule that drops a term); state its
+    `init_state`, in the checked dtype; in train mode (`train`) its key is fixed by `seed`.
+    `data` as check_vjp (tie-heavy data for a kind with a policy at its kinks)."""
+    dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
+    rows, in_shape = [], tuple(in_shape)
+    for dtype in dtypes:
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        key = jax.random.key(int(rng.integers(2**31)))
+        params = layer.init(key, in_shape, jnp.float32)
+        params = jax.tree.map(lambda p, r=rng: np.asarray(p) + 0.1 * _data(r, np.shape(p)), params)
+        x_N = _given(rng, (batch, *in_shape), data or "continuous")
+        state = layer.init_state(in_shape, jnp.float32)
+
+        def ctx(dtype, key=key, state=state):
+            cast = jax.tree.map(lambda s: jnp.asarray(s, dtype), state)
+            return layers.Context(train, key if train else None, cast)
+
+        def forward(p, x_N):
+            one = lambda x: layer.apply(p, x, ctx(x_N.dtype))  # noqa: E731
+            return jax.vmap(one, axis_name=layers.BATCH)(x_N)
+
+        def vmapped(p, x_N, dy_N):
+            dx_N, dp = layers.Layer.vjp_batch(layer, p, x_N, dy_N, ctx(x_N.dtype))
+            return (dp, dx_N), None
+
+        def batched(p, x_N, dy_N):
+            dx_N, dp = layer.vjp_batch(p, x_N, dy_N, ctx(x_N.dtype))
+            return (dp, dx_N), None
+
+        hands = [_Hand("", vmapped, True)]
+        if type(layer).vjp_batch is not layers.Layer.vjp_batch:
+            hands.append(_Hand(" batched", batched, True))
+        case = {"layer": layer, "x_shape": in_shape, "batch": batch, "train": train}
+        where = dict(name=type(layer).__name__, argnames=("", "dx"), case=case, data=data)
+        rows += _check(forward, forward, hands, (params, x_N), dtype=dtype, rng=rng, **where)[0]
+    return rows
+
+
+def check_kind(kind: type[layers.Layer], rng, dtype) -> list[Row]:
+    """A registered kind on the cases of one draw of its `gradcheck_cases(rng)`, on continuous
+    data and on each tie-heavy data kind its rule has a policy for."""
+    rows = []
+    for case in kind.gradcheck_cases(rng):
+        kw = dict(batch=case.batch, train=case.train, dtypes=dtype, seed=rng)
+        for data in (None, *case.tie_kinds):
+            rows += check_layer(case.layer, case.in_shape, data=data, **kw)
+    return rows
+
+
+def layer_checks(rngs, dtype: str, num_cases: int = 4, kinds=None) -> list[Row]:
+    """Every registered layer kind (or those of `kinds`) and the loss on `num_cases` random
+    cases; `rngs` yields a Generator per kind and case (seeded by position, so every dtype sees
+    the same cases and data)."""
+    kinds = list(layers.KINDS.values()) if kinds is None else list(kinds)
+    rows = []
     for _ in range(num_cases):
-        rows += check_conv2d(random_case(r := next(rngs), "conv2d"), r, dtype)
-        case = random_case(r := next(rngs), "pool")
-        rows += [row for kind in kinds for row in check_max_pool(case, r, dtype, kind=kind)]
-        for include in (True, False):
-            rows += check_avg_pool({**case, "count_include_pad": include}, r, dtype)
-        x_case = {"x_shape": case["x_shape"]}
-        rows += [row for kind in kinds for row in check_relu(x_case, r, dtype, kind=kind)]
-        rows += check_flatten(x_case, r, dtype)
-        rows += check_dense({"w_shape": _pair(r, 1, 8)}, r, dtype)
+        for kind in kinds:
+            rows += check_kind(kind, next(rngs), dtype)
+        r = next(rngs)
         shape, smoothing = (int(r.integers(1, 5)), int(r.integers(2, 7))), r.uniform(0.05, 0.5)
         for target in ("int", "soft", "smoothed"):
             case = {"shape": shape, "target": target}

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import backprop, gradcheck, grads, losses, models, ops
+from cnnjax import backprop, gradcheck, grads, layers, losses, models, ops
 from tests.builders import REPO
 
 # Fixed cases that give each planted bug something to get wrong: an asymmetric kernel with a
@@ -47,9 +47,11 @@ def test_real_layer_rules_pass(dtype):
     rows = gradcheck.layer_checks(rngs, dtype, num_cases=1)
     assert rows and not failed(rows)
     assert any(row.check.endswith("vs fd") for row in rows) == (dtype == "float64")
-    assert {"max_pool/dx vs autodiff, integers", "relu/dx vs autodiff, plateaus"} <= {
-        row.check for row in rows
-    }
+    checks = {row.check for row in rows}
+    assert {"MaxPool/dx vs autodiff, integers", "ReLU/dx vs autodiff, plateaus"} <= checks
+    # every registered kind is checked; a kind's own batched rule besides its vmapped one
+    assert {row.check.split("/")[0] for row in rows} >= set(layers.KINDS)
+    assert "Conv/kernel batched vs autodiff" in checks
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
