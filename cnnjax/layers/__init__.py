@@ -13,8 +13,10 @@ from cnnjax.layers.base import (
     Layer,
     register,
 )
+from cnnjax.layers.batchnorm import BatchNorm
 from cnnjax.layers.conv import Conv
 from cnnjax.layers.dense import Dense, Flatten
+from cnnjax.layers.dropout import Dropout
 from cnnjax.layers.pooling import AvgPool, MaxPool
 
 __all__ = [
@@ -24,10 +26,12 @@ __all__ = [
     "KINDS",
     "PLAIN",
     "AvgPool",
+    "BatchNorm",
     "Case",
     "Context",
     "Conv",
     "Dense",
+    "Dropout",
     "Flatten",
     "Layer",
     "MaxPool",

@@ -47,11 +47,14 @@ def _frozen(value):
 
 class Context(NamedTuple):
     """How a layer runs: `train` (batch statistics, dropout on) or not; `key` its own random key
-    (None if the network was given none); `state` its own state ({} for layers without)."""
+    (None if the network was given none); `state` its own state ({} for layers without);
+    `batch_size` the size of the BATCH axis where the caller had to say it (see HAND_DERIVED).
+    """
 
     train: bool = False
     key: Any = None
     state: Any = None
+    batch_size: int | None = None
 
 
 EVAL = Context()
@@ -163,8 +166,20 @@ def PLAIN(layer: Layer, p, x, ctx: Context):
 def HAND_DERIVED(layer: Layer, p, x, ctx: Context):
     """The same forward as a jax.custom_vjp whose backward pass is `layer.vjp`: jax.grad of a
     network applied this way uses every hand-derived rule. The context's key and state travel as
-    arguments (their cotangents zero), so the twin works under vmap and jit alike."""
-    return _twin(layer, ctx.train)(p, x, _key_data(ctx.key), ctx.state)
+    arguments (their cotangents zero), so the twin works under vmap and jit alike.
+
+    JAX runs a custom_vjp's backward pass under vmap outside the axis's environment (jax 0.10,
+    0.12): there jax.lax.psum of the examples' values works, but pmean, axis_size and all_gather,
+    which ask the axis its size, fail. So the twin reads the size in the forward pass and hands it
+    to `vjp` as ctx.batch_size (None outside a vmap over BATCH)."""
+    return _twin(layer, ctx.train, _batch_size())(p, x, _key_data(ctx.key), ctx.state)
+
+
+def _batch_size() -> int | None:
+    try:
+        return jax.lax.axis_size(BATCH)
+    except NameError:  # one example, not under vmap(axis_name=BATCH)
+        return None
 
 
 def _key_data(key):
@@ -188,17 +203,17 @@ def _zero_cotangent(tree):
     return jax.tree.map(zero, tree)
 
 
-def _twin(layer: Layer, train: bool):
+def _twin(layer: Layer, train: bool, batch_size: int | None):
     @jax.custom_vjp
     def twin(p, x, key, state):
-        return layer.apply(p, x, Context(train, _as_key(key), state))
+        return layer.apply(p, x, Context(train, _as_key(key), state, batch_size))
 
     def forward(p, x, key, state):
         return twin(p, x, key, state), (p, x, key, state)
 
     def backward(residuals, dy):
         p, x, key, state = residuals
-        dx, dp = layer.vjp(p, x, dy, Context(train, _as_key(key), state))
+        dx, dp = layer.vjp(p, x, dy, Context(train, _as_key(key), state, batch_size))
         return dp, dx, _zero_cotangent(key), _zero_cotangent(state)
 
     twin.defvjp(forward, backward)
