@@ -1,7 +1,7 @@
 """Layer kinds, one file each, all through one protocol (`base.Layer`): a new kind is a new file
 with a `@register`ed class and one import line here. `chain` runs a spec of them."""
 
-from cnnjax.layers.activations import ReLU
+from cnnjax.layers.activations import GELU, ReLU, Tanh
 from cnnjax.layers.base import (
     BATCH,
     EVAL,
@@ -15,11 +15,13 @@ from cnnjax.layers.base import (
 )
 from cnnjax.layers.conv import Conv
 from cnnjax.layers.dense import Dense, Flatten
-from cnnjax.layers.pooling import AvgPool, MaxPool
+from cnnjax.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
+from cnnjax.layers.residual import Residual, StatefulResidual
 
 __all__ = [
     "BATCH",
     "EVAL",
+    "GELU",
     "HAND_DERIVED",
     "KINDS",
     "PLAIN",
@@ -29,8 +31,12 @@ __all__ = [
     "Conv",
     "Dense",
     "Flatten",
+    "GlobalAvgPool",
     "Layer",
     "MaxPool",
     "ReLU",
+    "Residual",
+    "StatefulResidual",
+    "Tanh",
     "register",
 ]
