@@ -1,7 +1,7 @@
 """Layer kinds, one file each, all through one protocol (`base.Layer`): a new kind is a new file
 with a `@register`ed class and one import line here. `chain` runs a spec of them."""
 
-from cnnjax.layers.activations import ReLU
+from cnnjax.layers.activations import GELU, ReLU, Tanh
 from cnnjax.layers.base import (
     BATCH,
     EVAL,
@@ -17,11 +17,13 @@ from cnnjax.layers.batchnorm import BatchNorm
 from cnnjax.layers.conv import Conv
 from cnnjax.layers.dense import Dense, Flatten
 from cnnjax.layers.dropout import Dropout
-from cnnjax.layers.pooling import AvgPool, MaxPool
+from cnnjax.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
+from cnnjax.layers.residual import Residual, StatefulResidual
 
 __all__ = [
     "BATCH",
     "EVAL",
+    "GELU",
     "HAND_DERIVED",
     "KINDS",
     "PLAIN",
@@ -33,8 +35,12 @@ __all__ = [
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAvgPool",
     "Layer",
     "MaxPool",
     "ReLU",
+    "Residual",
+    "StatefulResidual",
+    "Tanh",
     "register",
 ]

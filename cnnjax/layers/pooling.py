@@ -1,10 +1,12 @@
-"""MaxPool and AvgPool (ops.max_pool / avg_pool, grads.max_pool_vjp / avg_pool_vjp)."""
+"""MaxPool and AvgPool (ops.max_pool / avg_pool, grads.max_pool_vjp / avg_pool_vjp), and
+GlobalAvgPool (the mean over all positions, its rule here)."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 
 from cnnjax import grads, ops
 from cnnjax.layers.base import Case, Context, Layer, draw_padding, draw_pair, redraw, register
@@ -100,3 +102,34 @@ class AvgPool(_Pool):
         return [
             Case(dataclasses.replace(layer, count_include_pad=c), x_shape) for c in (True, False)
         ]
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class GlobalAvgPool(Layer):
+    """H x W x C -> C: each channel's mean over the H*W positions, a flat output (Dense takes it
+    as it is, no Flatten) that does not depend on the image size."""
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(
+                f"GlobalAvgPool needs an H x W x C input but gets shape {tuple(in_shape)}; "
+                "put it before Flatten and Dense, not after"
+            )
+        return (in_shape[2],)
+
+    def apply(self, p, x_HWC, ctx: Context):
+        return jnp.mean(x_HWC, axis=(0, 1))
+
+    def vjp(self, p, x_HWC, dy_C, ctx: Context):
+        """y_c = (1 / HW) sum_{i,j} x_ijc, so dy_c / dx_ijc = 1 / HW for every position: each
+        position gets its channel's error over HW, dx_ijc = dy_c / HW (dy_C broadcast)."""
+        h, w, _ = x_HWC.shape
+        return jnp.broadcast_to(dy_C / (h * w), x_HWC.shape), {}
+
+    def flax(self, x_NHWC, *, train):
+        return jnp.mean(x_NHWC, axis=(1, 2))  # Flax has no global pool: the same mean
+
+    @classmethod
+    def gradcheck_cases(cls, rng):
+        return [Case(cls(), (*draw_pair(rng, 1, 6), int(rng.integers(1, 4))))]

@@ -1,0 +1,81 @@
+"""Tanh and GELU: the hand-derived vjps vs autodiff and finite differences, the forwards vs
+jax.nn's and Flax's, and the HAND_DERIVED twins inside a network."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import models
+from cnnjax.layers import GELU, Conv, Dense, Flatten, Tanh
+from tests.layers import checks
+
+KINDS = [Tanh(), GELU(approximate=True), GELU(approximate=False)]
+# float32 forwards that compute the same formula in a different order: a few eps32 (1.2e-7) of
+# the output's scale.
+TOL_FLOAT32 = 1e-6
+
+
+@pytest.mark.parametrize("layer", KINDS, ids=repr)
+@pytest.mark.parametrize("seed", range(3))
+def test_vjp_matches_autodiff_and_finite_differences(layer, seed):
+    shape = np.random.default_rng(seed).integers(1, 6, 3)
+    checks.assert_vjp(layer, tuple(int(n) for n in shape), seed)
+
+
+def test_gradcheck_cases_pass():
+    for kind in (Tanh, GELU):
+        for seed in range(2):
+            for case in kind.gradcheck_cases(np.random.default_rng(seed)):
+                checks.assert_vjp(case.layer, case.in_shape, seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _WrongTanh(Tanh):
+    def vjp(self, p, x, dy, ctx):
+        return dy * (1 - jnp.tanh(x)), {}  # planted: tanh' is 1 - tanh^2
+
+
+@dataclasses.dataclass(frozen=True)
+class _WrongGELU(GELU):
+    def vjp(self, p, x, dy, ctx):  # planted: Phi(x) alone, the product rule's x phi(x) lost
+        return dy * (1 + jnp.tanh(jnp.sqrt(2 / jnp.pi) * (x + 0.044715 * x**3))) / 2, {}
+
+
+@pytest.mark.parametrize("layer", [_WrongTanh(), _WrongGELU()], ids=repr)
+def test_the_check_fails_a_wrong_rule(layer):
+    errors = checks.vjp_errors(layer, (4, 3, 2))
+    assert errors["autodiff"] > 1e-2 and errors["fd"] > 1e-2
+
+
+@pytest.mark.parametrize("approximate", [True, False])
+def test_gelu_is_jax_nn_gelu(approximate):
+    with jax.enable_x64(True):
+        x = jnp.linspace(-6.0, 6.0, 241)
+        y = GELU(approximate=approximate).apply({}, x, None)
+        assert checks.rel_err(y, jax.nn.gelu(x, approximate=approximate)) <= 1e-15
+        # the two forms differ (by ~1e-4 of the scale), so the flag is honoured
+        assert checks.rel_err(y, jax.nn.gelu(x, approximate=not approximate)) > 1e-5
+
+
+@pytest.mark.parametrize("layer", KINDS, ids=repr)
+def test_flax_counterpart_equals_the_layer(layer):
+    x_NHWC = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
+    want = jax.vmap(lambda x: layer.apply({}, x, None))(x_NHWC)
+    assert checks.rel_err(layer.flax(x_NHWC, train=False), want) <= TOL_FLOAT32
+
+
+def test_hand_derived_twins_in_a_network_equal_autodiff():
+    spec = (Conv(3, 3), Tanh(), Conv(2, 2), GELU(), Flatten(), GELU(False), Dense(4))
+    with jax.enable_x64(True):
+        params = models.init(jax.random.key(0), spec, (6, 5, 2), jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (3, 6, 5, 2), jnp.float64)
+        labels = jnp.array([0, 3, 1])
+
+        def grad(fns):
+            loss = lambda p: models.loss(p, x, labels, spec, fns=fns)  # noqa: E731
+            return jax.jit(jax.grad(loss))(params)
+
+        assert checks.tree_err(grad(models.HAND_DERIVED), grad(models.PLAIN)) <= 1e-10
