@@ -18,7 +18,7 @@ from cnnjax.layers.conv import Conv
 from cnnjax.layers.dense import Dense, Flatten
 from cnnjax.layers.dropout import Dropout
 from cnnjax.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
-from cnnjax.layers.residual import Residual, StatefulResidual
+from cnnjax.layers.residual import Residual
 
 __all__ = [
     "BATCH",
@@ -40,7 +40,6 @@ __all__ = [
     "MaxPool",
     "ReLU",
     "Residual",
-    "StatefulResidual",
     "Tanh",
     "register",
 ]

@@ -5,6 +5,8 @@ A layer kind is a frozen dataclass (its description: hashable, so a spec is a st
 that subclasses `Layer` and defines, for ONE example:
 
     output_shape(in_shape)            its output shape, without running it
+    has_params() / has_state()        whether it has params / state (default: whether its kind
+                                      defines init / init_state)
     init(key, in_shape, dtype)        its params: a dict of arrays ({} for none)
     init_state(in_shape, dtype)       its state, arrays it keeps but does not train ({} for none)
     apply(p, x, ctx)                  its output, with jax.lax / jax.numpy
@@ -87,6 +89,16 @@ class Layer:
     # ---- shape, params, state
     def output_shape(self, in_shape) -> tuple[int, ...]:
         raise NotImplementedError(f"{type(self).__name__} does not define output_shape")
+
+    def has_params(self) -> bool:
+        """Whether this layer has params, and so a name and an entry in the network's params:
+        by default whether its kind defines `init`."""
+        return type(self).init is not Layer.init
+
+    def has_state(self) -> bool:
+        """Whether this layer keeps state, and so an entry in the network's state: by default
+        whether its kind defines `init_state`."""
+        return type(self).init_state is not Layer.init_state
 
     def init(self, key, in_shape, dtype) -> dict:
         return {}

@@ -18,16 +18,12 @@ from cnnjax.layers.base import BATCH, EVAL, PLAIN, Context, Layer
 # --------------------------------------------------------------------------- names and shapes
 
 
-def _overrides(layer: Layer, method: str) -> bool:
-    return getattr(type(layer), method) is not getattr(Layer, method)
-
-
 def has_params(layer: Layer) -> bool:
-    return _overrides(layer, "init")
+    return layer.has_params()
 
 
 def has_state(layer: Layer) -> bool:
-    return _overrides(layer, "init_state")
+    return layer.has_state()
 
 
 def names(spec) -> list[str | None]:

@@ -44,14 +44,6 @@ class Residual(Layer):
     projection: Layer | None = None
     prefix = "residual"
 
-    def __new__(cls, *args, **kwargs):
-        """Residual(body) around a body that keeps state is a StatefulResidual (see it)."""
-        body = args[0] if args else kwargs.get("body", ())
-        if cls is Residual and isinstance(body, list | tuple):
-            if any(isinstance(layer, Layer) and chain.has_state(layer) for layer in body):
-                cls = StatefulResidual
-        return super().__new__(cls)
-
     def __post_init__(self):
         super().__post_init__()
         if not isinstance(self.body, tuple) or not self.body:
@@ -91,6 +83,23 @@ class Residual(Layer):
             if chain.has_params(skip) and PROJECTION in chain.names(self.body):
                 raise ValueError(f"a Residual's body layer may not be named {PROJECTION!r}")
         return skip
+
+    def has_params(self) -> bool:
+        """Always: its params dict holds its body's and its projection's (a projection may be
+        needed or not depending on the input shape, so it is not known without one)."""
+        return True
+
+    def has_state(self) -> bool:
+        """When its body keeps state (BatchNorm's statistics): then that state is the
+        residual's, keyed by the body's layer names."""
+        return any(chain.has_state(layer) for layer in self.body)
+
+    def init_state(self, in_shape, dtype):
+        return chain.init_state(self.body, in_shape, dtype)
+
+    def next_state(self, p, x, ctx: Context):
+        body_p, *_ = self._parts(p, x.shape, ctx)
+        return chain.apply(body_p, x, self.body, ctx)[1]
 
     def output_shape(self, in_shape):
         self.skip(in_shape)  # checks that the two paths meet
@@ -179,21 +188,6 @@ class Residual(Layer):
             Case(projected, p_shape),
             Case(nested, x_shape),
         ]
-
-
-@dataclasses.dataclass(frozen=True)
-class StatefulResidual(Residual):
-    """A Residual whose body keeps state (BatchNorm's statistics): that state is the residual's,
-    keyed by the body's layer names. Whether a layer keeps state is told by its kind
-    (chain.has_state looks at the class), so these are a kind of their own; Residual(body)
-    makes one when its body keeps state."""
-
-    def init_state(self, in_shape, dtype):
-        return chain.init_state(self.body, in_shape, dtype)
-
-    def next_state(self, p, x, ctx: Context):
-        body_p, *_ = self._parts(p, x.shape, ctx)
-        return chain.apply(body_p, x, self.body, ctx)[1]
 
 
 # --------------------------------------------------------------------------- Flax modules
