@@ -584,20 +584,29 @@ def layer_checks(rngs, dtype: str, num_cases: int = 4, kinds=None) -> list[Row]:
 
 
 def random_spec(rng) -> tuple[models.Spec, tuple[int, int, int]]:
-    """A small valid network and its input shape: 8-16 px, 1-3 channels; 1-3 convs (kernel 1-4,
-    stride 1-3, any padding) each with ReLU and maybe a max or avg pool (window 2-3, stride 1-3,
-    any padding); Flatten; 1-2 Dense. Redrawn until models.output_shapes accepts it."""
+    """A small valid network and its input shape: 8-16 px, 1-3 channels; 1-3 blocks, each a
+    conv (kernel 1-4, stride 1-3, any padding), maybe BatchNorm (the conv then without its bias,
+    whose gradient would be exactly zero), an activation (ReLU, Tanh or
+    GELU) and maybe a max or avg pool (window 2-3, stride 1-3, any padding), a block sometimes
+    wrapped in a Residual (a projection where its shape changes); Flatten or GlobalAvgPool,
+    maybe Dropout, 1-2 Dense. Redrawn until models.output_shapes accepts it."""
+    activations = (layers.ReLU, layers.ReLU, layers.Tanh, layers.GELU)
     while True:
         shape, spec = (*_pair(rng, 8, 16), int(rng.integers(1, 4))), []
         for _ in range(rng.integers(1, 4)):
             features, kernel, stride = int(rng.integers(1, 5)), _pair(rng, 1, 4), _pair(rng, 1, 3)
-            spec += [models.Conv(features, kernel, stride, random_padding(rng)), models.ReLU()]
+            norm = rng.integers(3) == 0  # a BatchNorm after the conv, which then has no bias
+            block = [models.Conv(features, kernel, stride, random_padding(rng), use_bias=not norm)]
+            block += [layers.BatchNorm(momentum=0.9)] if norm else []
+            block.append(activations[rng.integers(len(activations))]())
             pool = (_pair(rng, 2, 3), _pair(rng, 1, 3), random_padding(rng))
             if (choice := rng.integers(3)) == 1:
-                spec.append(models.MaxPool(*pool))
+                block.append(models.MaxPool(*pool))
             elif choice == 2:
-                spec.append(models.AvgPool(*pool, count_include_pad=bool(rng.integers(2))))
-        spec.append(models.Flatten())
+                block.append(models.AvgPool(*pool, count_include_pad=bool(rng.integers(2))))
+            spec += [layers.Residual(block)] if rng.integers(4) == 0 else block
+        spec.append(models.Flatten() if rng.integers(3) else layers.GlobalAvgPool())
+        spec += [layers.Dropout(0.3)] if rng.integers(4) == 0 else []
         if rng.integers(2):
             spec += [models.Dense(int(rng.integers(2, 9))), models.ReLU()]
         spec.append(models.Dense(int(rng.integers(2, 6))))
@@ -639,14 +648,22 @@ def check_network(
     label_smoothing=0.0,
     value_and_grad=backprop.value_and_grad,
     fns=models.HAND_DERIVED,
+    train=None,
 ) -> list[Row]:
-    """`value_and_grad(params, x, labels, spec, label_smoothing=)`, and jax.grad through `fns`
-    (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf, named by its path
-    ("net/conv1/kernel hand vs autodiff"); in float64 the first vs FD too. The engine of
-    check_vjp, on f = params -> loss."""
-    kw = dict(label_smoothing=label_smoothing)
+    """`value_and_grad(params, x, labels, spec, label_smoothing=, state=, train=, key=)`, and
+    jax.grad through `fns` (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf,
+    named by its path ("net/conv1/kernel hand vs autodiff"); in float64 the first vs FD too.
+    The engine of check_vjp, on f = params -> loss. In train mode (`train`; None: when the spec
+    has BatchNorm or Dropout) the loss runs on the batch's statistics (the rules through them
+    checked whole) and Dropout's masks from a key drawn from `rng`; the state is init_state's."""
+    if train is None:
+        train = any(isinstance(layer, layers.BatchNorm | layers.Dropout) for layer in _flat(spec))
     with _x64(dtype):
         params, x, labels = _network_inputs(spec, input_shape, rng, dtype, batch)
+        state = jax.tree.map(lambda a: a.astype(dtype), models.init_state(spec, input_shape))
+    key = jax.random.key(int(rng.integers(2**31))) if train else None
+    kw = dict(label_smoothing=label_smoothing)
+    kw |= dict(state=state, train=train, key=key) if state or train else {}
 
     def loss(p, fns=models.PLAIN):
         return models.loss(p, x, labels, spec, **kw, fns=fns)
@@ -663,6 +680,11 @@ def check_network(
     rows, want, (got, _) = _check(loss, loss, hands, (params,), dtype=dtype, rng=rng, **where)
     tol = TOL_AUTODIFF[dtype]
     return [_row(f"{prefix}/loss hand vs autodiff", case, dtype, got, want, tol), *rows]
+
+
+def _flat(spec) -> list:
+    """The layers of a spec, a Residual's body's included."""
+    return [x for layer in spec for x in (layer, *_flat(getattr(layer, "body", ())))]
 
 
 def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8):

@@ -107,7 +107,7 @@ def contexts(spec, ctx: Context) -> list[Context]:
     ctx has none) and its own state."""
     states = layer_states(ctx.state, spec)
     keys = [None if ctx.key is None else jax.random.fold_in(ctx.key, i) for i in range(len(spec))]
-    return [Context(ctx.train, k, s) for k, s in zip(keys, states, strict=True)]
+    return [ctx._replace(key=k, state=s) for k, s in zip(keys, states, strict=True)]
 
 
 def _gathered(spec, layer_values, keeps) -> dict:

@@ -119,7 +119,7 @@ class Residual(Layer):
         residual's folded with len(body), the positions after the body's own."""
         skip = self.skip(in_shape)
         key = None if ctx.key is None else jax.random.fold_in(ctx.key, len(self.body))
-        skip_ctx = Context(ctx.train, key, {})
+        skip_ctx = ctx._replace(key=key, state={})
         if skip is None or not chain.has_params(skip):
             return p, skip, {}, skip_ctx
         body_p = {name: value for name, value in p.items() if name != PROJECTION}
