@@ -551,6 +551,11 @@ def check_layer(
     return rows
 
 
+def assert_layer(layer: layers.Layer, in_shape, **kwargs) -> list[Row]:
+    """check_layer, raising AssertionError with the failing rows' table (for pytest)."""
+    return _assert(check_layer(layer, in_shape, **kwargs))
+
+
 def check_kind(kind: type[layers.Layer], rng, dtype) -> list[Row]:
     """A registered kind on the cases of one draw of its `gradcheck_cases(rng)`, on continuous
     data and on each tie-heavy data kind its rule has a policy for."""
@@ -563,14 +568,16 @@ def check_kind(kind: type[layers.Layer], rng, dtype) -> list[Row]:
 
 
 def layer_checks(rngs, dtype: str, num_cases: int = 4, kinds=None) -> list[Row]:
-    """Every registered layer kind (or those of `kinds`) and the loss on `num_cases` random
-    cases; `rngs` yields a Generator per kind and case (seeded by position, so every dtype sees
-    the same cases and data)."""
+    """Every registered layer kind and the loss on `num_cases` random cases (only the kinds of
+    `kinds`, without the loss, if given); `rngs` yields a Generator per kind and case (seeded by
+    position, so every dtype sees the same cases and data)."""
+    rows, own = [], kinds is not None
     kinds = list(layers.KINDS.values()) if kinds is None else list(kinds)
-    rows = []
     for _ in range(num_cases):
         for kind in kinds:
             rows += check_kind(kind, next(rngs), dtype)
+        if own:
+            continue
         r = next(rngs)
         shape, smoothing = (int(r.integers(1, 5)), int(r.integers(2, 7))), r.uniform(0.05, 0.5)
         for target in ("int", "soft", "smoothed"):
@@ -687,14 +694,17 @@ def _flat(spec) -> list:
     return [x for layer in spec for x in (layer, *_flat(getattr(layer, "body", ())))]
 
 
-def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8):
+def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8, kinds=None):
     """(group, its rows), yielded as each is checked: per dtype, "layers 1/8" .. (every layer
     rule on one case), "REFERENCE_CNN" (batch 2), "random spec 1/20" .. (batch 3, every other
-    one with label smoothing 0.1)."""
+    one with label smoothing 0.1). With `kinds` (layer kinds, e.g. those a user's module
+    registers): only their layer checks."""
     for dtype in dtypes:
         rngs = (np.random.default_rng([seed, i]) for i in itertools.count())
         for c in range(layer_cases):  # a case at a time draws what layer_checks(n) draws
-            yield f"layers {c + 1}/{layer_cases}", layer_checks(rngs, dtype, 1)
+            yield f"layers {c + 1}/{layer_cases}", layer_checks(rngs, dtype, 1, kinds)
+        if kinds is not None:
+            continue
         ref = (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE, next(rngs), dtype)
         net = check_network(*ref, prefix="reference_cnn", case="REFERENCE_CNN", batch=2)
         yield "REFERENCE_CNN", net

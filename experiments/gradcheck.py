@@ -1,29 +1,64 @@
 """Check every hand-derived gradient rule against jax autodiff and finite differences.
 
     python -m experiments.gradcheck [--config configs/gradcheck.py] [--config.seed=1]
+    python -m experiments.gradcheck --module my_pkg.my_layers   # the kinds a module registers
 
 Prints a line per group of checks as it finishes (a layer case, a network: its worst error,
 pass or FAIL), then one row per check and dtype (the worst case of each; every case with
 --config.all_rows=True), the failing cases, and a summary; exits 1 if any check failed.
+With --module (repeatable), only the layer kinds that importing the module registers
+(@cnnjax.layers.register) are checked, on config.layer_cases random cases each.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
 
+from absl import flags
+
 import experiments
-from cnnjax import faults, gradcheck
+from cnnjax import faults, gradcheck, layers
+from cnnjax.training import RunError
 
 _CONFIG = experiments.config_file("configs/gradcheck.py")
+_MODULES = flags.DEFINE_multi_string(
+    "module", [], "a Python module that registers layer kinds: check only those (repeatable)"
+)
+
+
+def own_kinds(modules) -> list | None:
+    """The layer kinds importing `modules` registers (None: no --module given)."""
+    if not modules:
+        return None
+    known = set(layers.KINDS)
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise RunError(
+                f"--module {name} cannot be imported ({error}); pass a module on the Python "
+                "path (run from its project's root, or pip install -e it)"
+            ) from error
+    kinds = [kind for name, kind in layers.KINDS.items() if name not in known]
+    if not kinds:
+        raise RunError(
+            f"--module {', '.join(modules)} registers no layer kind: decorate each kind's class "
+            "with @cnnjax.layers.register"
+        )
+    return kinds
 
 
 def main(argv) -> int:
     experiments.begin(argv)
     config = _CONFIG.value
+    kinds = own_kinds(_MODULES.value)
+    if kinds is not None:
+        print(f"checking {', '.join(kind.__name__ for kind in kinds)}", flush=True)
     start = time.perf_counter()
     rows = []
     for group, checked in gradcheck.groups(
-        config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases
+        config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases, kinds
     ):
         rows += checked
         print(gradcheck.progress_line(group, checked), flush=True)
