@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import models, ops
+from cnnjax import layers, models, ops
 from cnnjax.bench import timing
 
 
@@ -34,7 +34,14 @@ def flops_per_image(spec, input_shape) -> dict:
     Reference CNN: conv1 26·26·32·9 = 194,688, conv2 11·11·64·288 = 2,230,272, dense1 1600·128 =
     204,800, dense2 128·10 = 1,280: 2,631,040 MACs, forward 5.26 MFLOP, train 15.79 MFLOP.
     """
-    macs, shape = 0, tuple(input_shape)
+    macs = _macs(spec, tuple(input_shape))
+    return dict(forward=2 * macs, train=6 * macs)
+
+
+def _macs(spec, shape) -> int:
+    """Multiply-adds of the convs and dense layers of `spec`, a Residual's body and projection
+    included."""
+    macs = 0
     for layer in spec:
         out = models.layer_output_shape(layer, shape)
         if isinstance(layer, models.Conv):
@@ -42,8 +49,11 @@ def flops_per_image(spec, input_shape) -> dict:
             macs += int(np.prod(out)) * kh * kw * shape[-1]
         elif isinstance(layer, models.Dense):
             macs += layer.features * shape[-1]
+        elif isinstance(layer, layers.Residual):
+            skip = layer.skip(shape)
+            macs += _macs(layer.body, shape) + (_macs((skip,), shape) if skip else 0)
         shape = out
-    return dict(forward=2 * macs, train=6 * macs)
+    return macs
 
 
 def matmul_peak(n: int = 2048, repeats: int = 10) -> dict:
