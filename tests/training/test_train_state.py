@@ -3,6 +3,7 @@ stateful and random layers (tests/user_layers.py, through the public protocol on
 every gradient path, their state is computed as by hand, kept in float32 under mixed precision,
 used by evaluation, checkpointed, and an older checkpoint without it is refused in one line."""
 
+import json
 from typing import NamedTuple
 
 import jax
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from cnnjax import models
-from cnnjax.training import RunError, checkpoints, settings, train
+from cnnjax.training import RunError, checkpoints, settings, train, workdir
 from tests import user_layers
 from tests.builders import one_device_feed, small_config, synthetic
 
@@ -179,3 +180,18 @@ def test_model_modules_are_imported_before_the_spec_is_looked_up():
         "config.model.modules: cannot import no_such_module_here (ModuleNotFoundError: "
     )
     assert "pass --config.model.modules=" in message
+
+
+def test_resuming_a_run_an_older_cnnjax_started_is_refused_in_one_line(tmp_path):
+    config = _config()
+    older = json.loads(config.to_json_best_effort())
+    del older["model"]["modules"]  # a config.json written before the field existed
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(older))
+    with pytest.raises(RunError) as raised:
+        workdir.claim_run(tmp_path, config, resume=True)
+    assert str(raised.value) == (
+        f"{tmp_path} holds a run started by an older cnnjax (its config.json has no "
+        "model.modules), which this version cannot resume: start the run again in a new "
+        "--workdir (nothing was changed)"
+    )
+    workdir.release(tmp_path)
