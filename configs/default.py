@@ -24,6 +24,7 @@ def get_config():
 
     config.model = ml_collections.ConfigDict()
     config.model.spec = "reference"  # a name in cnnjax.models.SPECS
+    config.model.modules = ""  # comma-separated modules imported first: your layers and SPECS
 
     config.optim = ml_collections.ConfigDict()
     config.optim.learning_rate = 0.05  # peak, after warm-up

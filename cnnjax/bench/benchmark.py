@@ -22,6 +22,7 @@ import ml_collections
 from cnnjax import models, runtime
 from cnnjax.bench import machine, measuring
 from cnnjax.output import tables
+from cnnjax.training import settings
 
 TORCH_MISSING = "torch not installed: pip install -e .[torch]"
 _RESULT = "cnnjax.bench.benchmark result: "
@@ -133,7 +134,7 @@ def peers_vs_cnnjax(
         methods = [m for m in methods if m not in measuring.TORCH_METHODS]
     results = dict(machine=machine.machine(), matmul=machine.matmul_peak(matmul_n))
     results.update(train=[], eval=[])
-    spec = models.SPECS[config.model.spec]
+    spec = settings.spec(config)
     results["flops"] = machine.flops_per_image(spec, models.REFERENCE_INPUT_SHAPE)
     results["settings"] = _settings(config, batch_sizes, images, repeats, eval_images)
     for batch in batch_sizes:

@@ -13,11 +13,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from cnnjax import models, parallel
+from cnnjax import parallel
 from cnnjax.bench import machine, timing
 from cnnjax.output import tables
 from cnnjax.sweeps import grid, population
-from cnnjax.training import feed, train
+from cnnjax.training import feed, settings, train
 
 
 def sequential(configs, spec, data, idx_MSB, repeats: int) -> dict:
@@ -68,7 +68,7 @@ def population_vs_sequential(configs, *, steps: int, repeats: int, layouts, exam
     members run sequentially and as one program in each of `layouts`."""
     config = configs[0]
     batch_size = config.train.batch_size
-    spec = models.SPECS[config.model.spec]
+    spec = settings.spec(config)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (examples, 28, 28, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, examples, dtype=np.int32)

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnjax import models, parallel
 from cnnjax.bench import machine, peers, timing
-from cnnjax.training import feed, train
+from cnnjax.training import feed, settings, train
 
 METHODS = (
     "cnnjax autodiff",
@@ -59,8 +59,9 @@ def _cnnjax_windows(method, config, spec, params, data):
         return float(metrics["loss"][-1])
 
     def eval_window():
+        state = holder[0]
         evaluated = train.evaluate_fed(
-            holder[0].params, eval_feed, spec=spec, batch_size=EVAL_BATCH
+            state.params, eval_feed, spec=spec, batch_size=EVAL_BATCH, model_state=state.model_state
         )
         jax.block_until_ready(evaluated)
 
@@ -131,7 +132,7 @@ def measure(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method in TORCH_METHODS:
         import torch  # noqa: F401  (its import belongs to the baseline, not to the method)
-    spec, input_shape = models.SPECS[config.model.spec], models.REFERENCE_INPUT_SHAPE
+    spec, input_shape = settings.spec(config), models.REFERENCE_INPUT_SHAPE
     data = _random_data(config.seed, examples, steps, batch_size, eval_images)
     baseline_mib = machine.rss_mib()
     params = models.init(jax.random.key(config.seed), spec, input_shape)

@@ -27,7 +27,7 @@ import numpy as np
 from cnnjax import models, parallel
 from cnnjax.bench import measuring
 from cnnjax.output import tables
-from cnnjax.training import feed, train
+from cnnjax.training import feed, settings, train
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -136,7 +136,7 @@ def profile_step(
     the median step (start_ms, ms: its median charge, share, name, shape, op, layer), "step_ms":
     the median traced step, "untraced_step_ms": the median step without the profiler}."""
     config = measuring.train_config(config, gradients, batch_size)
-    spec, input_shape = models.SPECS[config.model.spec], models.REFERENCE_INPUT_SHAPE
+    spec, input_shape = settings.spec(config), models.REFERENCE_INPUT_SHAPE
     rng = np.random.default_rng(config.seed)
     images = rng.integers(0, 256, (examples, *input_shape), np.uint8)
     labels = rng.integers(0, 10, examples).astype(np.int32)

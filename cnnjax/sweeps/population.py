@@ -1,8 +1,9 @@
 """A population: M runs of one program (same network, data, batch size, schedule shape) that
 differ only in numbers, trained together as ONE jitted program.
 
-Each member has its own seed (so its own init, data order and augmentation, exactly as its solo
-run would draw them) and its own hyperparameters (HYPER), which enter the program as traced
+Each member has its own seed (so its own init, data order, augmentation and dropout, exactly as
+its solo run would draw them), its own network state (BatchNorm's running statistics) and its own
+hyperparameters (HYPER), which enter the program as traced
 scalars. A member whose update is not finite is frozen at its last finite state and marked
 (`diverged_at`), and so is one whose epoch's evaluation (test loss) or params are not finite;
 the others go on undisturbed.
@@ -47,7 +48,7 @@ HYPER = {
 
 
 class Population(NamedTuple):
-    state: train.TrainState  # every leaf stacked over members: params_M..., step_M, keys_M2
+    state: train.TrainState  # every leaf stacked: params_M..., model_state_M..., step_M, keys_M2
     hyper: dict  # name -> float32[M] (HYPER)
     diverged_at: jax.Array  # int32[M]: 0 healthy, else the step whose update was not finite
 
@@ -275,6 +276,7 @@ def fit(
                     spec=spec,
                     batch_size=config.train.eval_batch_size,
                     dtype=config.train.compute_dtype,
+                    model_state=member(pop, k).state.model_state,
                 )
                 for k in range(len(members))
             ]

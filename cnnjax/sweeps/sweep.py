@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from cnnjax import models, parallel
+from cnnjax import parallel
 from cnnjax.output import jsonl
 from cnnjax.sweeps import grid, population, results
 from cnnjax.sweeps.grid import SweepError
@@ -63,7 +63,7 @@ def plan(configs: dict, loaded: dict, options: dict) -> list[list[int]]:
         config = configs[members[0]]
         train_feed = loaded[_data_key(config)][0]
         steps = len(train_feed.split[1]) // config.train.batch_size
-        spec = models.SPECS[config.model.spec]
+        spec = settings.spec(config)
         per_member = population.member_bytes(spec, config, steps, train_feed)
         size = population.members_per_program(per_member, budget, options["max_members"])
         populations += population.chunks(members, size)
@@ -162,7 +162,7 @@ def _fit_population(p, count, members, configs, overrides, loaded, directory, la
         configs_p,
         members,
         pdir,
-        models.SPECS[first.model.spec],
+        settings.spec(first),
         feeds,
         layout=layout,
         resume=resume and pdir.exists(),

@@ -19,7 +19,7 @@ def evaluation_report(directory) -> str:
     """The last checkpoint of a run on its test split: accuracy, per class, confusion matrix."""
     directory = Path(directory)
     config, setup, state, epochs_done = run.last_checkpoint(directory)
-    test = run.evaluate(state.params, setup, config)
+    test = run.evaluate(state, setup, config)
     num_classes = idx.num_classes(config.data.name)
     cm = tables.confusion_matrix(
         np.asarray(test["predictions"]), setup.test_feed.split[1], num_classes
@@ -45,10 +45,10 @@ def per_example_report(directory, top: int = 16, batch_size: int = 250) -> dict:
     config, setup, state, epochs_done = run.last_checkpoint(directory)
 
     @jax.jit
-    def batch(x_uint8, y):
-        x = train.to_float(x_uint8)
-        logits = models.batch_logits(state.params, x, setup.spec)
-        norms = models.per_example_grad_norms(state.params, x, y, setup.spec)
+    def batch(x_uint8, y):  # in eval mode, with the network's state
+        x, mode = train.to_float(x_uint8), dict(state=state.model_state)
+        logits = models.batch_logits(state.params, x, setup.spec, **mode)
+        norms = models.per_example_grad_norms(state.params, x, y, setup.spec, **mode)
         return losses.cross_entropy(logits, y), norms, jnp.argmax(logits, axis=-1)
 
     images, labels = setup.test_feed.split

@@ -7,7 +7,8 @@ state, step, keys), written atomically once orbax has committed the step: a step
 did not finish saving. restore() takes the newest checkpoint that reads back and matches its
 checksum, saying in one line (on stderr) why it passed over each newer one. save() moves such
 passed-over steps to DIR/rejected_checkpoints/ before saving over their step numbers, so nothing
-written is lost.
+written is lost. A checkpoint an older cnnjax wrote, its state lacking fields the template has
+(a TrainState's model_state and dropout_key), is not passed over but refused: a RunError.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax import faults, parallel
+from cnnjax.training import RunError
 
 CHECKSUM = "cnnjax_checksum.json"  # in each step directory: {"sha256": state_hash}
 REJECTED = "rejected_checkpoints"  # beside checkpoints/: the steps a resumed run passed over
@@ -110,6 +112,12 @@ def restore(checkpoints: ocp.CheckpointManager, template):
     steps = sorted(checkpoints.all_steps(), reverse=True)
     for i, step in enumerate(steps):
         state, problem = _read(checkpoints, step, abstract)
+        if problem is not None and (lacking := _lacking(checkpoints, step, template)):
+            raise RunError(
+                f"checkpoint {step} in {checkpoints.directory} was written by an older cnnjax "
+                f"(its state has no {', '.join(lacking)}), which this version cannot resume: "
+                "start the run again in a new --workdir (nothing was changed)"
+            )
         if problem is None:
             return jax.tree.unflatten(jax.tree.structure(template), jax.tree.leaves(state)), step
         then = (
@@ -145,6 +153,30 @@ def _read(checkpoints, step: int, abstract):
     if params_hash(state) != recorded:
         return None, f"does not match its checksum (a file in it changed: see {path.parent})"
     return state, None
+
+
+def _lacking(checkpoints, step: int, template) -> list[str]:
+    """The fields of the template's NamedTuples (a TrainState, a Population's) that checkpoint
+    `step` does not hold, by dotted name: orbax keeps a NamedTuple as a dict by field name."""
+    try:
+        stored = checkpoints.item_metadata(step)
+    except Exception:  # unreadable metadata: the checkpoint is damaged, not older
+        return []
+    return _missing_fields(getattr(stored, "tree", stored), template, "")
+
+
+def _missing_fields(stored, template, prefix: str) -> list[str]:
+    if not (isinstance(template, tuple) and hasattr(template, "_fields")):
+        return []
+    if not isinstance(stored, dict):
+        return []
+    missing = []
+    for field, value in zip(template._fields, template, strict=True):
+        if field in stored:
+            missing += _missing_fields(stored[field], value, f"{prefix}{field}.")
+        else:
+            missing.append(f"{prefix}{field}")
+    return missing
 
 
 def _set_aside(step_dir: Path) -> None:

@@ -76,7 +76,7 @@ def setup(config, mesh=None) -> Setup:
     """Everything a run derives from its config: data feeds, network, optimizer, initial state,
     each placed on `mesh` (default: every device, cnnjax.parallel.make_mesh)."""
     settings.check(config)
-    spec = models.SPECS[config.model.spec]
+    spec = settings.spec(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
     train_feed, test_feed = make_feeds(config, load_splits(config), mesh)
     images = train_feed.split[0]
@@ -88,14 +88,16 @@ def setup(config, mesh=None) -> Setup:
     return Setup(spec, train_feed, test_feed, optimizer, schedule, state)
 
 
-def evaluate(params, run: Setup, config) -> dict:
-    """The test split's mean loss, accuracy and predictions under `params`."""
+def evaluate(state: train.TrainState, run: Setup, config) -> dict:
+    """The test split's mean loss, accuracy and predictions under `state`'s params and network
+    state, in eval mode."""
     return train.evaluate_fed(
-        params,
+        state.params,
         run.test_feed,
         spec=run.spec,
         batch_size=config.train.eval_batch_size,
         dtype=config.train.compute_dtype,
+        model_state=state.model_state,
     )
 
 
@@ -170,7 +172,7 @@ def _train(config, directory: Path, mesh, resume: bool) -> dict:
     for epoch in range(epochs_done, config.train.epochs):
         start = time.perf_counter()
         state, seen = _epoch(state, run_steps, num_examples, epoch, config, writer, run.schedule)
-        test = evaluate(state.params, run, config)
+        test = evaluate(state, run, config)
         writer.write(
             dict(
                 kind="epoch",
@@ -187,7 +189,7 @@ def _train(config, directory: Path, mesh, resume: bool) -> dict:
         checkpoints.save(saved, epoch + 1, state)
         faults.point("run.epoch_end")
     saved.wait_until_finished()
-    return finish(directory, config, state.params, run, test)
+    return finish(directory, config, state, run, test)
 
 
 def _check_good(state, test_loss: float, epoch: int) -> None:
@@ -241,11 +243,12 @@ def last_checkpoint(directory: Path):
     return config, run, state, epochs_done
 
 
-def finish(directory: Path, config, params, run: Setup, test=None) -> dict:
+def finish(directory: Path, config, state: train.TrainState, run: Setup, test=None) -> dict:
     """Evaluate, write summary.json and the plots, return the summary. Every process evaluates;
     process 0 alone reads the metrics file (steps, train_seconds: None elsewhere) and writes."""
-    if test is None:  # a resumed run that had already finished: evaluate its final params
-        test = evaluate(params, run, config)
+    params = state.params
+    if test is None:  # a resumed run that had already finished: evaluate its final state
+        test = evaluate(state, run, config)
     names = idx.class_names(config.data.name)
     predictions, labels = np.asarray(test["predictions"]), run.test_feed.split[1]
     cm = tables.confusion_matrix(predictions, labels, len(names))

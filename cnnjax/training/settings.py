@@ -1,8 +1,10 @@
-"""A run's config: its fields by dotted name ("optim.learning_rate"), and the one check of every
-choice a run reads, made before any data loads or any file appears."""
+"""A run's config: its fields by dotted name ("optim.learning_rate"), the one check of every
+choice a run reads, made before any data loads or any file appears, and the network it names
+(`spec`: config.model.spec, after importing config.model.modules, a researcher's own layers)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 from typing import NamedTuple
 
@@ -87,6 +89,7 @@ def check(config, mesh=None) -> None:
             raise _invalid(name, "True or False", get(config, name))
     for step in _steps(config.optim.decay_epochs):  # epochs where the "step" schedule decays
         _check_number(step, "optim.decay_epochs", Range("number", 0))
+    import_modules(config)  # before model.spec: they may add to models.SPECS
     checks = (
         (config.data.name, tuple(idx.DATASETS), "data.name"),
         (config.model.spec, sorted(models.SPECS), "model.spec"),
@@ -108,6 +111,36 @@ def check(config, mesh=None) -> None:
                 f"config.train.batch_size: {error}: pass --config.train.batch_size=N; "
                 "nothing was changed"
             ) from None
+
+
+def import_modules(config) -> None:
+    """Import config.model.modules (comma-separated module names, "" for none), the user's
+    modules that register layer kinds (cnnjax.layers.register) and add specs to models.SPECS;
+    a RunError naming the first that does not import."""
+    modules = config.model.get("modules", "")
+    if not isinstance(modules, str):
+        raise _invalid("model.modules", "comma-separated module names", modules)
+    for name in (m.strip() for m in modules.split(",")):
+        if not name:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # whatever the module raised: reported in one line
+            problem = " ".join(str(error).split())[:200]
+            raise RunError(
+                f"config.model.modules: cannot import {name} ({type(error).__name__}: {problem}); "
+                f"make it importable (run from the directory above it, or add that to "
+                f"PYTHONPATH), or pass --config.model.modules=... without it; nothing was changed"
+            ) from error
+
+
+def spec(config):
+    """The network config.model.spec names (models.SPECS), after importing config.model.modules;
+    a RunError if either is wrong."""
+    import_modules(config)
+    if config.model.spec not in models.SPECS:
+        raise _invalid("model.spec", f"one of {tuple(sorted(models.SPECS))}", config.model.spec)
+    return models.SPECS[config.model.spec]
 
 
 def _check_number(value, name: str, bounds: Range) -> None:

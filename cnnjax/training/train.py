@@ -4,9 +4,16 @@ lax.scan), the optimizer from plain numbers (Optim), and evaluation.
 Legend: images_NHWC a whole uint8 split, labels_N int32, x_BHWC one batch (uint8 as it arrives,
 float32 in [0, 1] inside the step), idx_SB the example indices of S steps of B examples; batches
 reach the devices through a feed (cnnjax.training.feed). Randomness: one root key from config.seed,
-split by purpose (init, data, augment); epoch e shuffles with fold_in(data_key, e), step t
-augments with fold_in(aug_key, t), so a run resumed from a checkpoint draws exactly the numbers
-the uninterrupted run drew.
+split by purpose (init, data, augment, dropout); epoch e shuffles with fold_in(data_key, e), step t
+augments with fold_in(aug_key, t) and gives the network's random layers fold_in(dropout_key, t),
+so a run resumed from a checkpoint draws exactly the numbers the uninterrupted run drew.
+
+The network's state (models.init_state: BatchNorm's running statistics; {} for a spec without)
+travels in the TrainState beside the params: a step trains in train mode and carries the new
+state out; evaluation runs in eval mode with it.
+
+Past 350 lines because the step and the evaluation read one set of precision rules (compute_dtype,
+cast, the state's dtype), kept together so that the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ SCANS = ("auto", "yes", "no")  # config.train.scan: a lax.scan over each chunk o
 # anything or nothing (uniform over 10 classes: ln 10 = 2.3) stays orders of magnitude below it.
 # A run stops, and a population member is marked diverged, at a test loss >= this (or NaN).
 DIVERGED_LOSS = 1e4
+DROPOUT_STREAM = 3  # dropout_key = fold_in(root key, this): see init_state
 
 
 class Optim(NamedTuple):
@@ -53,6 +61,17 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32: optimizer steps taken
     data_key: jax.Array  # raw uint32 key data (jax.random.key_data): shuffling
     aug_key: jax.Array  # raw uint32 key data: augmentation
+    model_state: dict  # the network's state (models.init_state), float32; {} for most specs
+    dropout_key: jax.Array  # raw uint32 key data: the network's random layers (dropout)
+
+
+class Gradients(NamedTuple):
+    """What one training batch gives (`loss_logits_grads`)."""
+
+    loss: jax.Array  # the batch mean, float32
+    logits: jax.Array  # logits_BK, float32
+    grads: dict  # the params' pytree, in the params' dtype
+    model_state: dict  # the network's state after the step, in its stored dtype
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -97,7 +116,11 @@ def make_optimizer(optim: Optim, steps_per_epoch: int, epochs: int) -> optax.Gra
 
 
 def init_state(seed: int, spec, input_shape, optimizer) -> TrainState:
-    init_key, data_key, aug_key = jax.random.split(jax.random.key(seed), 3)
+    root = jax.random.key(seed)
+    init_key, data_key, aug_key = jax.random.split(root, 3)
+    # Folded from the root, not a fourth split: split(root, 4) would change the other three,
+    # and with them the numbers of every run made before the key existed.
+    dropout_key = jax.random.fold_in(root, DROPOUT_STREAM)
     params = models.init(init_key, spec, input_shape)
     return TrainState(
         params,
@@ -105,6 +128,8 @@ def init_state(seed: int, spec, input_shape, optimizer) -> TrainState:
         jnp.zeros((), jnp.int32),
         jax.random.key_data(data_key),
         jax.random.key_data(aug_key),
+        models.init_state(spec, input_shape),
+        jax.random.key_data(dropout_key),
     )
 
 
@@ -121,33 +146,52 @@ def cast(tree, dtype):
 
 
 def loss_logits_grads(
-    params, x_BHWC, labels_B, spec, *, gradients: str, label_smoothing=0.0, dtype="float32"
-):
-    """(batch-mean loss, logits_BK, grads) with the gradient from `gradients` (GRADIENTS).
+    params,
+    x_BHWC,
+    labels_B,
+    spec,
+    *,
+    gradients: str,
+    label_smoothing=0.0,
+    dtype="float32",
+    model_state=None,
+    key=None,
+) -> Gradients:
+    """(batch-mean loss, logits_BK, grads, the network's state after the step) in train mode
+    (batch statistics; random layers drawing from `key`), the gradient from `gradients`
+    (GRADIENTS); `model_state` the network's state before the step (None: a spec without).
 
     Mixed precision with dtype "bfloat16": the layers (their dots and convolutions) run on
-    bfloat16 copies of the params and the input, the loss and its gradient w.r.t. the logits
-    in float32; grads come back in the params' own dtype (float32), as do loss and logits."""
+    bfloat16 copies of the params, the state and the input, the loss and its gradient w.r.t. the
+    logits in float32; grads and the new state come back in the dtypes of the params and state
+    given (float32), as do loss and logits."""
     low = compute_dtype(dtype)
     if gradients not in GRADIENTS:
         raise ValueError(f"train.gradients must be one of {GRADIENTS}, got {gradients!r}")
-    x_BHWC = x_BHWC.astype(low)
+    model_state = {} if model_state is None else model_state
+    x_BHWC, state_low = x_BHWC.astype(low), cast(model_state, low)
+    mode = dict(state=state_low, train=True, key=key)
     if gradients == "hand":
         out = backprop.backprop(
-            cast(params, low), x_BHWC, labels_B, spec, label_smoothing=label_smoothing
+            cast(params, low), x_BHWC, labels_B, spec, label_smoothing=label_smoothing, **mode
         )
-        return out.loss, out.logits, jax.tree.map(lambda d, p: d.astype(p.dtype), out.grads, params)
+        grads = jax.tree.map(lambda d, p: d.astype(p.dtype), out.grads, params)
+        return Gradients(out.loss, out.logits, grads, _as_stored(out.state, model_state))
     fns = models.HAND_DERIVED if gradients == "custom_vjp" else models.PLAIN
 
     def loss_fn(p):  # differentiated w.r.t. the float32 params, through the cast
-        logits = models.batch_logits(cast(p, low), x_BHWC, spec, fns)
+        logits, new_state = models.batch_apply(cast(p, low), x_BHWC, spec, fns=fns, **mode)
         logits = logits.astype(losses.loss_dtype(low))
-        return jnp.mean(losses.cross_entropy(logits, labels_B, label_smoothing=label_smoothing)), (
-            logits
-        )
+        ce = losses.cross_entropy(logits, labels_B, label_smoothing=label_smoothing)
+        return jnp.mean(ce), (logits, new_state)
 
-    (loss, logits), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    return loss, logits, g
+    (loss, (logits, new_state)), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return Gradients(loss, logits, g, _as_stored(new_state, model_state))
+
+
+def _as_stored(new_state, old_state):
+    """The state a step computed, in the dtypes of the state it was given (float32)."""
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new_state, old_state)
 
 
 def augment(x_BHWC, key, *, shift: int, flip: bool):
@@ -188,8 +232,9 @@ def train_step(
     if label_smoothing is None:
         label_smoothing = config.train.label_smoothing
     aug_key = jax.random.fold_in(jax.random.wrap_key_data(state.aug_key), state.step)
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
     x_BHWC = augment(to_float(x_BHWC), aug_key, shift=config.data.shift, flip=config.data.flip)
-    loss, logits, g = loss_logits_grads(
+    out = loss_logits_grads(
         state.params,
         x_BHWC,
         labels_B,
@@ -197,12 +242,15 @@ def train_step(
         gradients=config.train.gradients,
         label_smoothing=label_smoothing,
         dtype=config.train.compute_dtype,
+        model_state=state.model_state,
+        key=dropout_key,
     )
     with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int counts and floats
-        updates, opt_state = optimizer.update(g, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "accuracy": losses.accuracy(logits, labels_B)}
-    return state._replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
+    metrics = {"loss": out.loss, "accuracy": losses.accuracy(out.logits, labels_B)}
+    new = dict(params=params, opt_state=opt_state, model_state=out.model_state, step=state.step + 1)
+    return state._replace(**new), metrics
 
 
 def fed_step(feed, **step_kwargs):
@@ -265,25 +313,38 @@ def epoch_indices(state: TrainState, epoch: int, num_examples: int, batch_size: 
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_batch(params, x_BHWC, labels_B, *, spec, dtype="float32"):
-    """(losses_B, predictions_B) of a uint8 batch; the layers in `dtype`, the loss in float32."""
+def evaluate_batch(params, x_BHWC, labels_B, *, spec, dtype="float32", model_state=None):
+    """(losses_B, predictions_B) of a uint8 batch in eval mode (the network's state
+    `model_state`, None for a spec without; no dropout); the layers in `dtype`, the loss in
+    float32."""
     low = compute_dtype(dtype)
-    logits = models.batch_logits(cast(params, low), to_float(x_BHWC).astype(low), spec)
+    x_BHWC, state_low = to_float(x_BHWC).astype(low), cast(model_state or {}, low)
+    logits = models.batch_logits(cast(params, low), x_BHWC, spec, state=state_low)
     logits = logits.astype(losses.loss_dtype(low))
     return losses.cross_entropy(logits, labels_B), jnp.argmax(logits, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "batch_size", "dtype"))
-def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000, dtype="float32"):
+def evaluate(
+    params,
+    images_NHWC,
+    labels_N,
+    *,
+    spec,
+    batch_size: int = 1000,
+    dtype="float32",
+    model_state=None,
+):
     """Mean loss, accuracy and the predicted class of every example of a split (in order), the
-    split on the device, in one program; the layers in `dtype` (a COMPUTE_DTYPES name)."""
+    split on the device, in one program, in eval mode with the network's state `model_state`;
+    the layers in `dtype` (a COMPUTE_DTYPES name)."""
     n = images_NHWC.shape[0]
     pad = -n % batch_size
     images = jnp.pad(images_NHWC, ((0, pad), (0, 0), (0, 0), (0, 0)))
     labels = jnp.pad(labels_N, (0, pad))
 
     def batch(_, xy):
-        return None, evaluate_batch(params, *xy, spec=spec, dtype=dtype)
+        return None, evaluate_batch(params, *xy, spec=spec, dtype=dtype, model_state=model_state)
 
     shape = (-1, batch_size)
     _, (losses_N, predictions_N) = jax.lax.scan(
@@ -300,16 +361,17 @@ def evaluate(params, images_NHWC, labels_N, *, spec, batch_size: int = 1000, dty
 _evaluate_batch = jax.jit(evaluate_batch, static_argnames=("spec", "dtype"))
 
 
-def evaluate_fed(params, feed, *, spec, batch_size: int = 1000, dtype="float32"):
+def evaluate_fed(params, feed, *, spec, batch_size: int = 1000, dtype="float32", model_state=None):
     """`evaluate` of a feed's split: in one program where the split is on the devices, else
     batch by batch as the feed sends them (the last batch padded with example 0)."""
+    kw = dict(spec=spec, dtype=dtype, model_state=model_state)
     if feed.placement == "device":
-        return evaluate(params, *feed.resident, spec=spec, batch_size=batch_size, dtype=dtype)
+        return evaluate(params, *feed.resident, batch_size=batch_size, **kw)
     labels_N = feed.split[1]
     n = len(labels_N)
     idx = np.concatenate([np.arange(n), np.zeros(-n % batch_size, np.int64)])
     parts = [
-        jax.device_get(_evaluate_batch(params, *batch, spec=spec, dtype=dtype))
+        jax.device_get(_evaluate_batch(params, *batch, **kw))
         for batch in feed.batches(idx.reshape(-1, batch_size))
     ]
     losses_N, predictions_N = (np.concatenate([p[k] for p in parts])[:n] for k in range(2))

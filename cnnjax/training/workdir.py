@@ -69,6 +69,13 @@ def _check(directory: Path, record: dict, resume: bool, name: str, kind: str, sa
         if not path.exists():
             raise RunError(f"nothing to resume in {directory}: it has no {name}")
         if recorded(path) != record:
+            older = sorted(set(_leaves(record)) - set(_leaves(recorded(path))))
+            if older:
+                raise RunError(
+                    f"{directory} holds a {kind} started by an older cnnjax (its {name} has no "
+                    f"{', '.join(older)}), which this version cannot resume: start the {kind} "
+                    "again in a new --workdir (nothing was changed)"
+                )
             raise RunError(
                 f"{directory} holds another {kind} (see {path}), started with another config; "
                 f"resume it with the same {same}, or start a new {kind} in a new --workdir"
@@ -79,6 +86,13 @@ def _check(directory: Path, record: dict, resume: bool, name: str, kind: str, sa
             f"{directory} already holds a {kind}; pass --resume to continue it, or choose a new "
             "--workdir (nothing was changed)"
         )
+
+
+def _leaves(record, prefix: str = "") -> list[str]:
+    """Every leaf field of a nested JSON record, as "section.name"."""
+    if not isinstance(record, dict):
+        return [prefix.rstrip(".")]
+    return [leaf for key, value in record.items() for leaf in _leaves(value, f"{prefix}{key}.")]
 
 
 def lock(directory) -> None:

@@ -14,7 +14,8 @@ from cnnjax.training import checkpoints, train
 def _state(value: float) -> train.TrainState:
     params = {"dense": {"kernel": jnp.full((3, 2), value), "bias": jnp.arange(2.0) + value}}
     key = jnp.zeros(2, jnp.uint32)
-    return train.TrainState(params, (), jnp.int32(int(value)), key, key)
+    model_state = {"runningmean1": {"mean": jnp.full(2, value)}}
+    return train.TrainState(params, (), jnp.int32(int(value)), key, key, model_state, key)
 
 
 def test_nothing_saved_gives_the_template_and_zero_epochs(tmp_path):

@@ -158,7 +158,7 @@ def test_bfloat16_reaches_every_convolution_and_dot(gradients):
     heavy = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name in heavy_ops]
     assert len(heavy) >= 5  # conv and dense forward, conv kernel and dense dx/dw backward
     assert all(v.aval.dtype == jnp.bfloat16 for e in heavy for v in e.invars)
-    loss, logits, g = in_bfloat16(params)
+    loss, logits, g, _ = in_bfloat16(params)
     assert loss.dtype == logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(g))
     with pytest.raises(ValueError, match=r"train\.compute_dtype must be one of"):
