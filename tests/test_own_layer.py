@@ -5,6 +5,7 @@ to cnnjax."""
 
 import dataclasses
 import functools
+import json
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from cnnjax import backprop, gradcheck, layers, models
-from tests.builders import REPO
+from tests.builders import REPO, train_command
 from tests.own_layers import PReLU
 
 
@@ -88,3 +89,24 @@ def test_it_runs_in_a_network_by_every_gradient_path():
             np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)  # float64 sums reordered
     rows = gradcheck.check_network(spec, (12, 12, 1), np.random.default_rng(0), "float64")
     assert rows and all(row.passed for row in rows)
+
+
+@pytest.mark.parametrize("gradients", ["hand", "custom_vjp", "autodiff"])
+def test_it_trains_from_the_command_line_without_editing_cnnjax(dataset, tmp_path, gradients):
+    """`experiments.train` with --config.model.modules naming the module and its spec."""
+    workdir = tmp_path / "run"
+    command = train_command(
+        dataset,
+        workdir,
+        2,
+        "--config.model.modules=tests.own_layers",
+        "--config.model.spec=prelu_cnn",
+        f"--config.train.gradients={gradients}",
+    )
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["test_loss"] for row in rows if "test_loss" in row]
+    assert len(losses) == 2 and losses[1] < losses[0]  # it learns
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["modules"] == "tests.own_layers"
