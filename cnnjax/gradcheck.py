@@ -77,8 +77,15 @@ TIE_KINDS = ("integers", "plateaus")  # rng.integers(-1, 2); relu(normal): half 
 # Every check compiles a fresh shape, so compiling dominates: LLVM optimization buys nothing on
 # arrays this small (skipping it halves the run). XLA's algebraic simplifier aborts the process
 # on some conv gradients (jax 0.10.2: jax.grad of a conv with x 4x2, kernel 2x4, stride (2, 1),
-# padding 1 all round), and random shapes meet them, so it is skipped too.
-_COMPILE = {"xla_backend_optimization_level": 0, "xla_disable_hlo_passes": "algsimp"}
+# padding 1 all round), and random shapes meet them, so it is skipped too. Without it, the CPU
+# backend's YNNPACK fusions miscompile what it would have simplified: a broadcast across a size-1
+# axis into a reduction (a one-channel BatchNorm under the FD's vmap, jax 0.10.2) comes out wrong
+# or crashes, so they are off too (an empty list of YNN fusion types; other backends ignore it).
+_COMPILE = {
+    "xla_backend_optimization_level": 0,
+    "xla_disable_hlo_passes": "algsimp",
+    "xla_cpu_experimental_ynn_fusion_type": "",
+}
 
 
 class Row(NamedTuple):

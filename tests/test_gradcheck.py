@@ -89,6 +89,30 @@ def test_conv_gradient_that_aborts_xlas_simplifier_is_checked():
     assert not failed(gradcheck.check_conv2d(case, rng(), "float64"))
 
 
+def test_checks_compile_a_broadcast_over_a_size_one_axis_correctly():
+    # jax 0.10.2, CPU: with the simplifier off, XLA's YNNPACK fusions computed this reduction
+    # wrong (off by ~40), so gradcheck compiles without them too (see gradcheck._COMPILE).
+    r = rng()
+    x, s = r.standard_normal((36, 3, 5, 14, 1)), r.standard_normal((36, 1))
+
+    def f(x, s):
+        return jnp.sum(x * s[:, None, None, None, :] - 0.25, axis=(2, 3))
+
+    want = np.sum(x * s[:, None, None, None, :] - 0.25, axis=(2, 3))
+    got = np.asarray(gradcheck._run(f, x, s))
+    assert np.max(np.abs(got - want)) <= 1e-4 * np.max(np.abs(want))  # float32 rounding
+
+
+def test_one_channel_batchnorm_in_a_residual_passes_vs_fd():
+    # FD of this network (a one-channel BatchNorm under the FD points' vmap) met that
+    # miscompilation: the conv kernel's FD was wrong while autodiff agreed with the hand rule.
+    body = (models.Conv(1, (3, 2), (3, 1), "SAME", use_bias=False), layers.BatchNorm(0.9))
+    spec = (layers.Residual((*body, models.ReLU())), layers.GlobalAvgPool(), models.Dense(2))
+    rows = gradcheck.check_network(spec, (15, 14, 3), np.random.default_rng(3), "float64")
+    assert "net/residual1/conv1/kernel hand vs fd" in {row.check for row in rows}
+    assert not failed(rows)
+
+
 def test_fd_uses_a_smaller_step_when_the_larger_straddles_a_kink():
     def f(a):  # kink at t = 3e-7: inside h = 1e-6, outside h = 1e-7
         return jnp.sum(ops.relu(a - 3e-7))
