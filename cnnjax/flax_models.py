@@ -108,10 +108,10 @@ class NnxCNN(nnx.Module):
 
 
 def pure_to_nnx(params: dict, spec: models.Spec, input_shape, state: dict | None = None) -> NnxCNN:
-    """A new NnxCNN holding `params` and `state` (the arrays themselves, not copies). The module
-    is built abstractly (eval_shape), so no random init is spent on values that are replaced at
-    once."""
-    module = nnx.eval_shape(lambda: NnxCNN(spec, input_shape, rngs=nnx.Rngs(0)))
+    """A new NnxCNN holding `params` and `state` (the arrays themselves, not copies). It is
+    built for real (a Dropout module keeps a random stream, which an abstract build would leave
+    without values), its initial params replaced at once."""
+    module = NnxCNN(spec, input_shape, rngs=nnx.Rngs(0))
     for what, given, expected in (
         ("params", params, nnx_to_pure(module)),
         ("state", state or {}, nnx_state(module)),
