@@ -2,9 +2,9 @@
 
     python -m experiments.gradcheck --config configs/gradcheck.py [--config.num_random_specs=40]
 
-Expect: 1162 checks, 0 failed (worst float32 error ~3e-6 of scale, float64 ~1e-14, finite
-differences ~2e-7), about 90 s on 2 CPU cores. The table has one row per check and dtype: the
-worst of its cases.
+Expect: 2272 checks, 0 failed (worst float32 error 7e-5 of scale, BatchNorm's scale in train
+mode; float64 ~4e-13; finite differences ~8e-8); about 9 minutes on 2 CPU cores shared with
+other work. The table has one row per check and dtype: the worst of its cases.
 """
 
 import ml_collections
@@ -14,7 +14,7 @@ def get_config():
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_random_specs = 20  # random networks per dtype, besides REFERENCE_CNN
-    config.layer_cases = 8  # random cases per layer rule and dtype
+    config.layer_cases = 8  # random cases per layer kind and dtype
     config.dtypes = ("float32", "float64")
     config.all_rows = False  # print every case instead of the worst per check
     return config
