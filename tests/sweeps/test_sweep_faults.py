@@ -20,7 +20,7 @@ from cnnjax.output import jsonl
 from cnnjax.sweeps import grid, results, sweep
 from cnnjax.training import train
 from configs import sweep_smoke
-from tests.builders import REPO, config_for
+from tests.builders import REPO, compile_cache_env, config_for
 
 # Two programs (batch sizes 32 and 64) of two seeds each: two populations of two members, and the
 # same two populations ([0, 2] and [1, 3]) in the whole sweep as in shards 0/2 and 1/2, so that
@@ -47,14 +47,7 @@ def command(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep_faults")
     (root / "faults_sweep.py").write_text(SWEEP_FILE)
     source, tfds_dir = dataset
-    env = dict(
-        os.environ,
-        # Every process compiles the same programs: the later ones load them from this cache
-        # (the same executables, so the same numbers) instead of compiling for seconds each.
-        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    env = dict(os.environ, **compile_cache_env(root / "jax_cache"))  # compiled once
 
     def start(workdir, *flags, kill_at=None):
         args = [

@@ -13,7 +13,7 @@ import pytest
 
 from cnnjax.sweeps import results
 from cnnjax.training import checkpoints
-from tests.builders import REPO
+from tests.builders import REPO, compile_cache_env
 
 SWEEP_FILE = """
 from configs import sweep_smoke
@@ -35,12 +35,7 @@ def sweeps(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep_state")
     (root / "state_sweep.py").write_text(SWEEP_FILE)
     source, tfds_dir = dataset
-    env = dict(
-        os.environ,
-        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    env = dict(os.environ, **compile_cache_env(root / "jax_cache"))
 
     def start(workdir, *flags, kill_at=""):
         args = [

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from cnnjax.training import checkpoints, workdir
-from tests.builders import REPO, train_command
+from tests.builders import REPO, compile_cache_env, train_command
 
 EPOCHS = 3
 SMALL = ("--config.data.train_examples=256",)  # 8 steps of 32 per epoch
@@ -38,11 +38,7 @@ KILL_AT = {  # a killed run's name: where it was killed, and the checkpoints it 
 def _start(workdir_, dataset, *extra, kill_at=None, epochs=EPOCHS, cache=None):
     env = dict(os.environ, CNNJAX_KILL_AT=kill_at or "")
     if cache:
-        env.update(
-            JAX_COMPILATION_CACHE_DIR=str(cache),
-            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        )
+        env.update(compile_cache_env(cache))
     return subprocess.Popen(
         train_command(dataset, workdir_, epochs, *SMALL, *extra),
         cwd=REPO,

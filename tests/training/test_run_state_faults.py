@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from cnnjax.training import checkpoints
-from tests.builders import REPO, train_command
+from tests.builders import REPO, compile_cache_env, train_command
 
 EPOCHS = 3
 SMALL = ("--config.data.train_examples=256",)  # 8 steps of 32 per epoch
@@ -20,11 +20,7 @@ USER = ("--config.model.modules=tests.user_layers", "--config.model.spec=user_ne
 
 def _start(workdir, dataset, *extra, kill_at="", cache=None, user=USER):
     env = dict(os.environ, CNNJAX_KILL_AT=kill_at)
-    env.update(  # the same programs compiled once, loaded by the later processes
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    env.update(compile_cache_env(cache))  # the same programs compiled once
     return subprocess.Popen(
         train_command(dataset, workdir, EPOCHS, *SMALL, *user, *extra),
         cwd=REPO,
