@@ -55,6 +55,9 @@ def test_value_and_grad_equals_jax_value_and_grad(spec, shape):
         (2, "SAME", (3, 3)),
         ((2, 1), ((1, 0), (2, 1)), (2, 4)),
         (3, "VALID", (2, 2)),
+        (1, "VALID", (1, 1)),  # a 1x1 kernel: one matrix product
+        (2, "SAME", (1, 1)),
+        ((3, 2), ((1, 2), (0, 1)), (1, 1)),
     ],
 )
 def test_batch_kernel_grad_is_the_sum_of_the_per_example_ones(stride, padding, kernel_hw):

@@ -63,9 +63,9 @@ def layer_shapes(spec, input_shape, batch_size: int) -> dict:
         shape = models.layer_output_shape(layer, shape)
         labels[(batch_size, *shape)].append(name or f"{kind}{counts[kind]}")
     params = models.init(jax.random.key(0), spec, input_shape)
-    for name, leaves in params.items():
-        for leaf, value in leaves.items():
-            labels[tuple(value.shape)].append(f"{name} {leaf}")
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:  # residual1/conv1 kernel
+        *where, leaf = (key.key for key in path)
+        labels[tuple(value.shape)].append(f"{'/'.join(where)} {leaf}")
     exact = {shape: " / ".join(names) for shape, names in labels.items()}
     transposed = {}  # e.g. a kernel gradient computed as (I, kh, kw, O), an activation as CHWN
     for shape, label in exact.items():

@@ -54,6 +54,13 @@ def test_layer_shapes_name_activations_and_parameters():
     assert shapes["f32[32,13,13,8]"] == "maxpool1 (transposed)"  # CHWN
 
 
+def test_layer_shapes_name_the_parameters_of_nested_layers_by_their_path():
+    shapes = profiling.layer_shapes(models.RESNET_SMALL, (28, 28, 1), 8)
+    assert shapes["f32[3,3,64,128]"] == "residual3/conv1 kernel"
+    assert shapes["f32[1,1,64,128]"] == "residual3/projection kernel"
+    assert "residual1/batchnorm1 scale" in shapes["f32[32]"]
+
+
 @pytest.mark.slow
 def test_a_traced_step_adds_up_and_lands_on_the_layers():
     result = profiling.profile_step(default.get_config(), batch_size=8, steps=4, examples=64)
