@@ -17,7 +17,13 @@ TIERS = {
     "output": {"output", "output.jsonl", "output.tables", "output.progress", "output.plots"},
     # and every layer kind's file (cnnjax/layers/*.py, added below)
     "math": {"ops", "losses", "models", "grads", "backprop", "layers"},
-    "checks": {"gradcheck", "flax_models"},
+    "checks": {
+        "gradcheck",
+        "gradcheck.report",
+        "gradcheck.engine",
+        "gradcheck.suite",
+        "flax_models",
+    },
     "one run": {
         "training",
         "training.idx",

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import models
+from cnnjax import gradcheck, models
 from cnnjax.layers import GELU, Conv, Dense, Flatten, Tanh
 from tests.layers import checks
 
@@ -22,14 +22,14 @@ TOL_FLOAT32 = 1e-6
 @pytest.mark.parametrize("seed", range(3))
 def test_vjp_matches_autodiff_and_finite_differences(layer, seed):
     shape = np.random.default_rng(seed).integers(1, 6, 3)
-    checks.assert_vjp(layer, tuple(int(n) for n in shape), seed)
+    gradcheck.assert_layer(layer, tuple(int(n) for n in shape), dtypes="float64", seed=seed)
 
 
 def test_gradcheck_cases_pass():
     for kind in (Tanh, GELU):
         for seed in range(2):
             for case in kind.gradcheck_cases(np.random.default_rng(seed)):
-                checks.assert_vjp(case.layer, case.in_shape, seed)
+                gradcheck.assert_layer(case.layer, case.in_shape, dtypes="float64", seed=seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +46,9 @@ class _WrongGELU(GELU):
 
 @pytest.mark.parametrize("layer", [_WrongTanh(), _WrongGELU()], ids=repr)
 def test_the_check_fails_a_wrong_rule(layer):
-    errors = checks.vjp_errors(layer, (4, 3, 2))
-    assert errors["autodiff"] > 1e-2 and errors["fd"] > 1e-2
+    rows = gradcheck.check_layer(layer, (4, 3, 2), dtypes="float64")
+    name = type(layer).__name__
+    assert {r.check for r in rows if not r.passed} == {f"{name}/dx vs autodiff", f"{name}/dx vs fd"}
 
 
 @pytest.mark.parametrize("approximate", [True, False])

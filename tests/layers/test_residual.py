@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import backprop, flax_models, models
+from cnnjax import backprop, flax_models, gradcheck, models
 from cnnjax.layers import (
     BATCH,
     Context,
@@ -44,7 +44,8 @@ def network(name):
 @pytest.mark.parametrize("seed", range(2))
 def test_gradcheck_cases_match_autodiff_and_finite_differences(seed):
     for case in Residual.gradcheck_cases(np.random.default_rng(seed)):
-        checks.assert_vjp(case.layer, case.in_shape, seed)
+        kw = dict(batch=case.batch, train=case.train, dtypes="float64", seed=seed)
+        gradcheck.assert_layer(case.layer, case.in_shape, **kw)
 
 
 def test_the_check_fails_a_residual_without_its_skip_gradient():
@@ -54,8 +55,9 @@ def test_the_check_fails_a_residual_without_its_skip_gradient():
             dx, dp = super().vjp(p, x, dy, ctx)
             return dx - dy, dp  # planted: the identity's dy forgotten
 
-    errors = checks.vjp_errors(NoSkipGradient([Conv(2, 3, 1, "SAME")]), (4, 5, 2))
-    assert errors["autodiff"] > 1e-2 and errors["fd"] > 1e-2
+    rows = gradcheck.check_layer(NoSkipGradient([Conv(2, 3, 1, "SAME")]), (4, 5, 2))
+    failed = {r.check for r in rows if not r.passed}
+    assert {"NoSkipGradient/dx vs autodiff", "NoSkipGradient/dx vs fd"} <= failed
 
 
 @pytest.mark.parametrize("name", list(SPECS))
@@ -71,8 +73,8 @@ def test_backprop_and_the_twin_equal_autodiff(name):
 
         want = grad(models.PLAIN)
         by_backprop = jax.jit(lambda p: backprop.backprop(p, x, labels, spec).grads)(params)
-        assert checks.tree_err(by_backprop, want) <= checks.TOL_AUTODIFF
-        assert checks.tree_err(grad(models.HAND_DERIVED), want) <= checks.TOL_AUTODIFF
+        assert checks.tree_err(by_backprop, want) <= gradcheck.TOL_AUTODIFF["float64"]
+        assert checks.tree_err(grad(models.HAND_DERIVED), want) <= gradcheck.TOL_AUTODIFF["float64"]
 
 
 def test_shapes_names_and_param_counts_by_hand():
@@ -116,7 +118,7 @@ def test_shapes_no_1x1_projection_can_match_need_an_explicit_one():
         layer.output_shape((5, 5, 3))
     explicit = Residual([Conv(3, 2)], projection=Conv(3, 2))
     assert explicit.output_shape((5, 5, 3)) == (4, 4, 3)
-    checks.assert_vjp(explicit, (5, 5, 3))
+    gradcheck.assert_layer(explicit, (5, 5, 3), dtypes="float64")
     with pytest.raises(ValueError, match="not to the body's"):
         Residual([Conv(3, 2)], projection=Conv(3, 1)).output_shape((5, 5, 3))
 
