@@ -45,6 +45,7 @@ def get_config():
     config.train.steps_per_chunk = 50  # steps between progress updates and metrics writes
     config.train.scan = "auto"  # "yes": each chunk one lax.scan; "auto": yes off the CPU (train.py)
     config.train.eval_batch_size = 1000
+    config.train.eval_flip = False  # test-time flips: logits averaged with the mirror image's
     config.train.checkpoints_kept = 3
     config.train.deterministic = True  # GPU: XLA's deterministic ops (bit-exact reruns; slower)
     return config

@@ -277,6 +277,7 @@ def fit(
                     batch_size=config.train.eval_batch_size,
                     dtype=config.train.compute_dtype,
                     model_state=member(pop, k).state.model_state,
+                    flip=config.train.eval_flip,
                 )
                 for k in range(len(members))
             ]

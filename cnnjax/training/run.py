@@ -90,7 +90,7 @@ def setup(config, mesh=None) -> Setup:
 
 def evaluate(state: train.TrainState, run: Setup, config) -> dict:
     """The test split's mean loss, accuracy and predictions under `state`'s params and network
-    state, in eval mode."""
+    state, in eval mode (with test-time flips if config.train.eval_flip)."""
     return train.evaluate_fed(
         state.params,
         run.test_feed,
@@ -98,6 +98,7 @@ def evaluate(state: train.TrainState, run: Setup, config) -> dict:
         batch_size=config.train.eval_batch_size,
         dtype=config.train.compute_dtype,
         model_state=state.model_state,
+        flip=config.train.eval_flip,
     )
 
 

@@ -40,7 +40,7 @@ RANGES = {  # every numeric field a run reads
     "train.eval_batch_size": Range("integer", 1),
     "train.checkpoints_kept": Range("integer", 1),
 }
-SWITCHES = ("data.flip", "optim.nesterov", "train.deterministic")  # True or False
+SWITCHES = ("data.flip", "optim.nesterov", "train.eval_flip", "train.deterministic")  # True/False
 
 
 def get(config, dotted: str):

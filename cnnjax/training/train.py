@@ -313,18 +313,24 @@ def epoch_indices(state: TrainState, epoch: int, num_examples: int, batch_size: 
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_batch(params, x_BHWC, labels_B, *, spec, dtype="float32", model_state=None):
+def evaluate_batch(
+    params, x_BHWC, labels_B, *, spec, dtype="float32", model_state=None, flip=False
+):
     """(losses_B, predictions_B) of a uint8 batch in eval mode (the network's state
     `model_state`, None for a spec without; no dropout); the layers in `dtype`, the loss in
-    float32."""
+    float32. With `flip` (test-time augmentation), each example's logits are the mean of its
+    own and its mirror image's (left-right), as for a network trained with flips."""
     low = compute_dtype(dtype)
     x_BHWC, state_low = to_float(x_BHWC).astype(low), cast(model_state or {}, low)
     logits = models.batch_logits(cast(params, low), x_BHWC, spec, state=state_low)
+    if flip:
+        mirrored = models.batch_logits(cast(params, low), x_BHWC[:, :, ::-1], spec, state=state_low)
+        logits = (logits + mirrored) / 2
     logits = logits.astype(losses.loss_dtype(low))
     return losses.cross_entropy(logits, labels_B), jnp.argmax(logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "batch_size", "dtype"))
+@functools.partial(jax.jit, static_argnames=("spec", "batch_size", "dtype", "flip"))
 def evaluate(
     params,
     images_NHWC,
@@ -334,17 +340,21 @@ def evaluate(
     batch_size: int = 1000,
     dtype="float32",
     model_state=None,
+    flip=False,
 ):
     """Mean loss, accuracy and the predicted class of every example of a split (in order), the
     split on the device, in one program, in eval mode with the network's state `model_state`;
-    the layers in `dtype` (a COMPUTE_DTYPES name)."""
+    the layers in `dtype` (a COMPUTE_DTYPES name); with `flip`, test-time flips
+    (`evaluate_batch`)."""
     n = images_NHWC.shape[0]
     pad = -n % batch_size
     images = jnp.pad(images_NHWC, ((0, pad), (0, 0), (0, 0), (0, 0)))
     labels = jnp.pad(labels_N, (0, pad))
 
+    kw = dict(spec=spec, dtype=dtype, model_state=model_state, flip=flip)
+
     def batch(_, xy):
-        return None, evaluate_batch(params, *xy, spec=spec, dtype=dtype, model_state=model_state)
+        return None, evaluate_batch(params, *xy, **kw)
 
     shape = (-1, batch_size)
     _, (losses_N, predictions_N) = jax.lax.scan(
@@ -358,13 +368,15 @@ def evaluate(
     }
 
 
-_evaluate_batch = jax.jit(evaluate_batch, static_argnames=("spec", "dtype"))
+_evaluate_batch = jax.jit(evaluate_batch, static_argnames=("spec", "dtype", "flip"))
 
 
-def evaluate_fed(params, feed, *, spec, batch_size: int = 1000, dtype="float32", model_state=None):
+def evaluate_fed(
+    params, feed, *, spec, batch_size: int = 1000, dtype="float32", model_state=None, flip=False
+):
     """`evaluate` of a feed's split: in one program where the split is on the devices, else
     batch by batch as the feed sends them (the last batch padded with example 0)."""
-    kw = dict(spec=spec, dtype=dtype, model_state=model_state)
+    kw = dict(spec=spec, dtype=dtype, model_state=model_state, flip=flip)
     if feed.placement == "device":
         return evaluate(params, *feed.resident, batch_size=batch_size, **kw)
     labels_N = feed.split[1]

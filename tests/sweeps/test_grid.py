@@ -3,7 +3,8 @@
 import pytest
 
 from cnnjax.sweeps import grid
-from configs import default, sweep_lr
+from cnnjax.training import settings
+from configs import default, resnet_small, sweep_lr
 
 
 def test_axes_multiply_and_fields_inside_one_axis_zip():
@@ -34,6 +35,15 @@ def test_only_numbers_and_seeds_share_a_program():
         ("data.flip", False),
     ]:
         assert grid.program_key(grid.member_config(base, {name: value})) != key, name
+
+
+def test_the_residual_networks_config_sweeps_three_seeds_of_one_program():
+    config = resnet_small.get_config()
+    settings.check(config)  # every field a run reads
+    members = grid.expand(config, resnet_small.get_sweep())
+    assert members == [{"seed": 0}, {"seed": 1}, {"seed": 2}]
+    assert len({grid.program_key(grid.member_config(config, m)) for m in members}) == 1
+    assert config.model.spec == "resnet_small" and config.train.eval_flip
 
 
 def test_shards_are_disjoint_and_cover_the_sweep():

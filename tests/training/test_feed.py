@@ -70,13 +70,14 @@ def test_a_streamed_population_trains_to_the_same_params(layout):
         np.testing.assert_allclose(a, b, rtol=MEMBER_RTOL, atol=MEMBER_ATOL)
 
 
-def test_streamed_evaluation_equals_the_one_program_evaluation():
+@pytest.mark.parametrize("flip", [False, True])
+def test_streamed_evaluation_equals_the_one_program_evaluation(flip):
     images, labels = synthetic(n=50)  # 50 = 3 batches of 16 and a padded one
     params = models.init(jax.random.key(0), SMALL_SPEC, (12, 12, 1))
     mesh = parallel.make_mesh(jax.devices()[:1])
     fed = {p: feed.make(p, (images, labels), mesh) for p in ("host", "device")}
     got, want = (
-        train.evaluate_fed(params, fed[p], spec=SMALL_SPEC, batch_size=16)
+        train.evaluate_fed(params, fed[p], spec=SMALL_SPEC, batch_size=16, flip=flip)
         for p in ("host", "device")
     )
     np.testing.assert_array_equal(got["predictions"], want["predictions"])

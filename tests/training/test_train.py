@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cnnjax import models
+from cnnjax import losses, models
 from cnnjax.training import train
 from configs import default
 from tests.builders import SMALL_SPEC, run_steps, small_config, synthetic
@@ -79,6 +79,26 @@ def test_evaluate_matches_a_plain_computation_with_a_partial_last_batch():
     predictions = np.argmax(np.asarray(logits), axis=1)
     np.testing.assert_array_equal(result["predictions"], predictions)
     assert float(result["accuracy"]) == pytest.approx(np.mean(predictions == np.asarray(labels)))
+
+
+def test_test_time_flips_average_each_images_logits_with_its_mirrors():
+    images, labels = synthetic(n=50)
+    params = models.init(jax.random.key(0), SMALL_SPEC, (12, 12, 1))
+    x = images.astype(jnp.float32) / 255.0
+    mean = (models.batch_logits(params, x, SMALL_SPEC) + models.batch_logits(
+        params, x[:, :, ::-1], SMALL_SPEC)) / 2  # fmt: skip
+    evaluate = lambda images, flip: train.evaluate(  # noqa: E731
+        params, images, labels, spec=SMALL_SPEC, batch_size=16, flip=flip
+    )
+    flipped = evaluate(images, True)
+    np.testing.assert_array_equal(flipped["predictions"], np.argmax(np.asarray(mean), axis=1))
+    want = np.mean(np.asarray(losses.cross_entropy(mean, labels)))
+    assert float(flipped["loss"]) == pytest.approx(want, rel=1e-6)  # float32 sums apart
+    assert float(flipped["loss"]) != pytest.approx(float(evaluate(images, False)["loss"]))
+    # An image that is its own mirror image has the same logits either way.
+    symmetric = jnp.concatenate([images[:, :, :6], images[:, :, 5::-1]], axis=2)
+    same = evaluate(symmetric, False)["loss"], evaluate(symmetric, True)["loss"]
+    assert float(same[1]) == pytest.approx(float(same[0]), rel=1e-6)
 
 
 def test_training_learns_and_is_a_pure_function_of_config_and_seed():
