@@ -71,8 +71,11 @@ smoke-sweep: $(STAMP) data
 benchmark-sweep: $(STAMP)
 	$(PY) -m experiments.benchmark_sweep --config $(SWEEP)
 
+# The checks' groups in GRADCHECK_JOBS processes: compiling each check's programs, which is most
+# of its time, keeps one core busy.
+GRADCHECK_JOBS ?= 2
 gradcheck: $(STAMP)
-	$(PY) -m experiments.gradcheck
+	$(PY) -m experiments.gradcheck --jobs=$(GRADCHECK_JOBS)
 
 compare-flax: $(STAMP)
 	$(PY) -m experiments.compare_flax

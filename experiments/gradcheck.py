@@ -2,6 +2,7 @@
 
     python -m experiments.gradcheck [--config configs/gradcheck.py] [--config.seed=1]
     python -m experiments.gradcheck --module my_pkg.my_layers   # the kinds a module registers
+    python -m experiments.gradcheck --jobs=2                      # the groups in 2 processes
 
 Prints a line per group of checks as it finishes (a layer case, a network: its worst error,
 pass or FAIL), then one row per check and dtype (the worst case of each; every case with
@@ -24,6 +25,9 @@ from cnnjax.training import RunError
 _CONFIG = experiments.config_file("configs/gradcheck.py")
 _MODULES = flags.DEFINE_multi_string(
     "module", [], "a Python module that registers layer kinds: check only those (repeatable)"
+)
+_JOBS = flags.DEFINE_integer(
+    "jobs", 1, "processes checking groups side by side (the same rows; compiling is one core's)"
 )
 
 
@@ -52,13 +56,18 @@ def own_kinds(modules) -> list | None:
 def main(argv) -> int:
     experiments.begin(argv)
     config = _CONFIG.value
+    if _JOBS.value < 1:
+        raise RunError(
+            f"--jobs must be at least 1, got {_JOBS.value}; pass --jobs=2 for 2 processes"
+        )
     kinds = own_kinds(_MODULES.value)
     if kinds is not None:
         print(f"checking {', '.join(kind.__name__ for kind in kinds)}", flush=True)
     start = time.perf_counter()
     rows = []
+    checks = (config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases)
     for group, checked in gradcheck.groups(
-        config.num_random_specs, config.seed, tuple(config.dtypes), config.layer_cases, kinds
+        *checks, kinds, jobs=_JOBS.value, modules=_MODULES.value
     ):
         rows += checked
         print(gradcheck.progress_line(group, checked), flush=True)

@@ -102,6 +102,7 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
     commands["default config"] = _module(  # the default file, read as the flags are parsed
         "experiments.gradcheck", "--config.num_random_spec=1"
     )
+    commands["jobs"] = _module("experiments.gradcheck", "--jobs=0")
     results = _run_all(commands)
     for name, (_, expected) in cases.items():
         _assert_one_error_line(name, results[name], *expected)
@@ -112,6 +113,7 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
     _assert_one_error_line(
         "default config", results["default config"], "did you mean --config.num_random_specs?"
     )
+    _assert_one_error_line("jobs", results["jobs"], "--jobs must be at least 1, got 0")
     assert not workdir.exists()
 
 

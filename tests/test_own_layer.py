@@ -50,9 +50,9 @@ def test_a_planted_wrong_rule_fails_the_check_naming_it():
         gradcheck.assert_layer(PReLUWithoutTheSlope(), (5, 4, 3), batch=2)
 
 
-def _gradcheck_module(module: str):
+def _gradcheck_module(module: str, *extra):
     command = [sys.executable, "-m", "experiments.gradcheck", f"--module={module}"]
-    command += ["--config.layer_cases=1"]
+    command += ["--config.layer_cases=1", *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -61,7 +61,8 @@ def test_the_gradcheck_entry_point_checks_the_kinds_a_module_registers():
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "checking PReLU"
     assert "PReLU/slope vs fd" in done.stdout and "Conv/" not in done.stdout
-    wrong = _gradcheck_module("tests.own_layers_wrong")  # registers a kind with a wrong rule
+    # a kind with a wrong rule; the workers import the module too
+    wrong = _gradcheck_module("tests.own_layers_wrong", "--jobs=2", "--config.layer_cases=2")
     assert wrong.returncode == 1
     assert wrong.stdout.splitlines()[0] == "checking PReLU, PReLUWrongSlope"  # it imports PReLU
     assert "PReLUWrongSlope/slope vs fd" in wrong.stdout.split("failed cases:")[1]

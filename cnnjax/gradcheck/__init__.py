@@ -1,7 +1,8 @@
 """Gradient checks: a hand-derived VJP vs jax autodiff vs finite differences, for any function
 (`check_vjp`, `assert_vjp`, `check_custom_vjp`: gradcheck.engine) and, on that engine, for every
-layer kind and whole networks (`check_layer`, `check_network`, `groups`: gradcheck.suite); the
-report rows, table and summary (gradcheck.report).
+layer kind and whole networks (`check_layer`, `check_network`: gradcheck.suite), planned as
+groups that run in one process or several (`groups`: gradcheck.plan); the report rows, table and
+summary (gradcheck.report).
 
 Every check returns report `Row`s. Three references, each for what it can prove:
 
@@ -55,6 +56,7 @@ from cnnjax.gradcheck.engine import (
     check_custom_vjp,
     check_vjp,
 )
+from cnnjax.gradcheck.plan import Group, groups, plan, run_all
 from cnnjax.gradcheck.report import Row, aggregate, format_table, progress_line, summary
 from cnnjax.gradcheck.suite import (
     assert_layer,
@@ -62,10 +64,8 @@ from cnnjax.gradcheck.suite import (
     check_kind,
     check_layer,
     check_network,
-    groups,
     layer_checks,
     random_spec,
-    run_all,
 )
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "TOL_AUTODIFF",
     "TOL_FD",
     "TOL_TIES",
+    "Group",
     "Row",
     "aggregate",
     "assert_custom_vjp",
@@ -89,6 +90,7 @@ __all__ = [
     "format_table",
     "groups",
     "layer_checks",
+    "plan",
     "progress_line",
     "random_spec",
     "run_all",

@@ -1,13 +1,13 @@
 """The built-in gradient checks, on the engine (cnnjax.gradcheck.engine): every registered
 layer kind on the random cases its `gradcheck_cases` draws (`check_layer`, `layer_checks`), the
 loss, and whole networks (the reference CNN and random specs) by manual backprop and by the
-custom_vjp twins (`check_network`); `groups` yields them as `make gradcheck` reports them."""
+custom_vjp twins (`check_network`); cnnjax.gradcheck.plan schedules them as `make gradcheck`
+reports them."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
@@ -250,30 +250,3 @@ def check_network(
 def _flat(spec) -> list:
     """The layers of a spec, a Residual's body's included."""
     return [x for layer in spec for x in (layer, *_flat(getattr(layer, "body", ())))]
-
-
-def groups(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8, kinds=None):
-    """(group, its rows), yielded as each is checked: per dtype, "layers 1/8" .. (every layer
-    rule on one case), "REFERENCE_CNN" (batch 2), "random spec 1/20" .. (batch 3, every other
-    one with label smoothing 0.1). With `kinds` (layer kinds, e.g. those a user's module
-    registers): only their layer checks."""
-    for dtype in dtypes:
-        rngs = (np.random.default_rng([seed, i]) for i in itertools.count())
-        for c in range(layer_cases):  # a case at a time draws what layer_checks(n) draws
-            yield f"layers {c + 1}/{layer_cases}", layer_checks(rngs, dtype, 1, kinds)
-        if kinds is not None:
-            continue
-        ref = (models.REFERENCE_CNN, models.REFERENCE_INPUT_SHAPE, next(rngs), dtype)
-        net = check_network(*ref, prefix="reference_cnn", case="REFERENCE_CNN", batch=2)
-        yield "REFERENCE_CNN", net
-        for i in range(num_random_specs):
-            spec, shape = random_spec(r := next(rngs))
-            net = check_network(
-                spec, shape, r, dtype, case=f"random spec {i}", label_smoothing=0.1 * (i % 2)
-            )
-            yield f"random spec {i + 1}/{num_random_specs}", net
-
-
-def run_all(num_random_specs=20, seed=0, dtypes=("float32", "float64"), layer_cases=8) -> list[Row]:
-    """Every row of `groups`: layer checks, REFERENCE_CNN and random networks, in each dtype."""
-    return [row for _, rows in groups(num_random_specs, seed, dtypes, layer_cases) for row in rows]
