@@ -22,6 +22,7 @@ TIERS = {
         "gradcheck.report",
         "gradcheck.engine",
         "gradcheck.suite",
+        "gradcheck.plan",
         "flax_models",
     },
     "one run": {
