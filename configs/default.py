@@ -19,6 +19,7 @@ def get_config():
     config.data.tfds_dir = ""  # where TFDS keeps prepared data; "" = TFDS's default
     config.data.shift = 0  # random translation of training images, pixels (0: off)
     config.data.flip = True  # random left-right flips of training images
+    config.data.erase = 0.0  # probability of random erasing per training image (augment.py)
     config.data.train_examples = 0  # > 0: train on the first this many examples only
     config.data.placement = "auto"  # "device" (splits on every device), "host" (streamed), auto
 

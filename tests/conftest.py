@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 
 import jax
 import numpy as np
@@ -29,6 +30,23 @@ runtime.tune()
 # fresh XLA compile, so a per-example deadline would only measure the compiler.
 settings.register_profile("cnnjax", max_examples=25, deadline=None, database=None)
 settings.load_profile("cnnjax")
+CACHE_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """The entry points the tests start as processes (as users run them) train the same small
+    configs again and again: one persistent compilation cache for every process of the session,
+    pytest-xdist's workers' included, so that a later process loads the programs an earlier one
+    compiled (the same executables, so the same numbers) instead of compiling them anew. Only
+    for child processes (the variable is read as JAX starts); this process compiles as usual."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if shared.name.startswith("popen-gw") else shared  # xdist's workers
+    before = os.environ.get(CACHE_VARIABLE)
+    os.environ.setdefault(CACHE_VARIABLE, str(shared / "jax_compilation_cache"))
+    yield
+    if before is None:
+        os.environ.pop(CACHE_VARIABLE, None)
 
 
 @pytest.fixture(autouse=True)

@@ -30,6 +30,7 @@ TIERS = {
         "training.idx",
         "training.data",
         "training.feed",
+        "training.augment",
         "training.train",
         "training.settings",
         "training.checkpoints",

@@ -56,9 +56,9 @@ def test_the_blocker_blocks():
 
 @pytest.mark.slow
 def test_gradcheck_runs_without_tfds_orbax_or_matplotlib():
-    done = _run_without(
-        "experiments.gradcheck", {}, "--config.num_random_specs=1", "--config.layer_cases=1"
-    )
+    # One dtype and no random networks: what matters is that the entry point runs to its end.
+    few = ("--config.num_random_specs=0", "--config.layer_cases=1", "--config.dtypes=('float32',)")
+    done = _run_without("experiments.gradcheck", {}, *few)
     assert done.returncode == 0, done.stderr[-2000:]
     assert " 0 failed" in done.stdout
 

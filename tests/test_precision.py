@@ -15,11 +15,12 @@ import pytest
 from tests.builders import REPO
 
 # The checks, small, then a control compiled outside the policy: its dot must show up as not
-# HIGHEST, or the parsing below could pass by seeing nothing.
+# HIGHEST, or the parsing below could pass by seeing nothing. float32 alone: its tolerances are
+# what the policy protects (float64 has no lower-precision default on any backend).
 PROBE = """
 import jax, jax.numpy as jnp
 from cnnjax import flax_models, gradcheck, models
-rows = gradcheck.run_all(num_random_specs=1, seed=0, dtypes=("float32", "float64"), layer_cases=1)
+rows = gradcheck.run_all(num_random_specs=1, seed=0, dtypes=("float32",), layer_cases=1)
 assert rows and all(row.passed for row in rows)
 params = models.init(jax.random.key(0), models.REFERENCE_CNN, (28, 28, 1))
 x, labels = jax.random.uniform(jax.random.key(1), (4, 28, 28, 1)), jnp.arange(4)
@@ -52,6 +53,7 @@ def _precision_by_module(dump_dir) -> dict[str, list[tuple[str, bool]]]:
 @pytest.mark.slow
 def test_every_dot_and_convolution_of_the_checks_is_highest(tmp_path):
     env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={tmp_path}"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a program loaded from a cache is not dumped
     done = subprocess.run(
         [sys.executable, "-c", PROBE],
         cwd=REPO,
@@ -68,6 +70,6 @@ def test_every_dot_and_convolution_of_the_checks_is_highest(tmp_path):
     ops = [op for module_ops in found.values() for op in module_ops]
     not_highest = {m: o for m, o in found.items() if not all(h for _, h in o)}
     assert not not_highest, f"dots or convolutions below HIGHEST: {not_highest}"
-    # The checks compiled many programs, with convolutions and dots in both dtypes.
-    # (per dtype: the conv2d and dense rules, two networks; then three parity programs: 19 here)
-    assert len(found) >= 15 and {op for op, _ in ops} == {"convolution", "dot"}
+    # The checks compiled many programs with convolutions and dots: every layer kind's with
+    # params, two networks, then three parity programs.
+    assert len(found) >= 8 and {op for op, _ in ops} == {"convolution", "dot"}  # 10 here

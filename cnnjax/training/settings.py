@@ -27,6 +27,7 @@ class Range(NamedTuple):
 RANGES = {  # every numeric field a run reads
     "seed": Range("integer"),
     "data.shift": Range("integer", 0),
+    "data.erase": Range("number", 0, 1),
     "data.train_examples": Range("integer", 0),  # 0: all of them
     "optim.learning_rate": Range("number", 0),
     "optim.momentum": Range("number", 0, 1),

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from cnnjax import backprop, losses, models
+from cnnjax.training import augment
 
 GRADIENTS = ("autodiff", "hand", "custom_vjp")  # jax.grad; manual backprop; jax.grad via twins
 SCHEDULES = ("constant", "step", "cosine")
@@ -194,25 +195,6 @@ def _as_stored(new_state, old_state):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new_state, old_state)
 
 
-def augment(x_BHWC, key, *, shift: int, flip: bool):
-    """Random translations by up to `shift` pixels (zero fill) and, if `flip`, left-right flips
-    with probability 1/2, one draw per example."""
-    if shift == 0 and not flip:
-        return x_BHWC
-    b, h, w, _ = x_BHWC.shape
-    shift_key, flip_key = jax.random.split(key)
-    offsets = jax.random.randint(shift_key, (b, 2), 0, 2 * shift + 1)
-    padded = jnp.pad(x_BHWC, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
-    crop = jax.vmap(
-        lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, img.shape[2]))
-    )
-    x_BHWC = crop(padded, offsets)
-    if flip:
-        flips = jax.random.bernoulli(flip_key, 0.5, (b, 1, 1, 1))
-        x_BHWC = jnp.where(flips, x_BHWC[:, :, ::-1], x_BHWC)
-    return x_BHWC
-
-
 def to_float(images_uint8):
     return images_uint8.astype(jnp.float32) / 255.0
 
@@ -233,7 +215,10 @@ def train_step(
         label_smoothing = config.train.label_smoothing
     aug_key = jax.random.fold_in(jax.random.wrap_key_data(state.aug_key), state.step)
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
-    x_BHWC = augment(to_float(x_BHWC), aug_key, shift=config.data.shift, flip=config.data.flip)
+    data = config.data
+    x_BHWC = augment.augment(
+        to_float(x_BHWC), aug_key, shift=data.shift, flip=data.flip, erase=data.erase
+    )
     out = loss_logits_grads(
         state.params,
         x_BHWC,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import gradcheck, models
+from cnnjax import gradcheck
 from cnnjax.layers import GELU, Conv, Dense, Flatten, Tanh
 from tests.layers import checks
 
@@ -68,15 +68,8 @@ def test_flax_counterpart_equals_the_layer(layer):
     assert checks.rel_err(layer.flax(x_NHWC, train=False), want) <= TOL_FLOAT32
 
 
-def test_hand_derived_twins_in_a_network_equal_autodiff():
+def test_backprop_and_the_twins_in_a_network_equal_autodiff():
     spec = (Conv(3, 3), Tanh(), Conv(2, 2), GELU(), Flatten(), GELU(False), Dense(4))
-    with jax.enable_x64(True):
-        params = models.init(jax.random.key(0), spec, (6, 5, 2), jnp.float64)
-        x = jax.random.normal(jax.random.key(1), (3, 6, 5, 2), jnp.float64)
-        labels = jnp.array([0, 3, 1])
-
-        def grad(fns):
-            loss = lambda p: models.loss(p, x, labels, spec, fns=fns)  # noqa: E731
-            return jax.jit(jax.grad(loss))(params)
-
-        assert checks.tree_err(grad(models.HAND_DERIVED), grad(models.PLAIN)) <= 1e-10
+    rows = gradcheck.check_network(spec, (6, 5, 2), np.random.default_rng(0), "float64")
+    assert "net/conv1/kernel custom_vjp vs autodiff" in {r.check for r in rows}
+    assert all(r.passed for r in rows), gradcheck.format_table(rows)

@@ -42,20 +42,13 @@ def test_flax_counterpart_equals_the_layer():
     assert checks.rel_err(GlobalAvgPool().flax(x_NHWC, train=False), want) <= 1e-6
 
 
-def test_hand_derived_twin_in_a_network_equals_autodiff():
+def test_backprop_and_the_twin_in_a_network_equal_autodiff():
     spec = (Conv(3, 3), ReLU(), GlobalAvgPool(), Dense(4))
-    with jax.enable_x64(True):
-        params = models.init(jax.random.key(0), spec, (6, 5, 2), jnp.float64)
-        x = jax.random.normal(jax.random.key(1), (3, 6, 5, 2), jnp.float64)
-        labels = jnp.array([0, 3, 1])
-
-        def grad(fns):
-            loss = lambda p: models.loss(p, x, labels, spec, fns=fns)  # noqa: E731
-            return jax.jit(jax.grad(loss))(params)
-
-        assert checks.tree_err(grad(models.HAND_DERIVED), grad(models.PLAIN)) <= 1e-10
-        _, by_backprop = backprop.value_and_grad(params, x, labels, spec)
-        assert checks.tree_err(by_backprop, grad(models.PLAIN)) <= 1e-10
+    rows = gradcheck.check_network(spec, (6, 5, 2), np.random.default_rng(0), "float64")
+    assert {"net/conv1/kernel hand vs autodiff", "net/conv1/kernel custom_vjp vs autodiff"} <= {
+        r.check for r in rows
+    }
+    assert all(r.passed for r in rows), gradcheck.format_table(rows)
 
 
 def test_a_network_with_it_trains():

@@ -60,17 +60,6 @@ def test_epoch_indices_are_a_deterministic_permutation_per_epoch():
     assert not np.array_equal(first, train.epoch_indices(state, 1, 50, 16))
 
 
-def test_augment_keeps_shapes_and_is_identity_when_off():
-    x = jax.random.uniform(jax.random.key(0), (8, 12, 12, 1))
-    np.testing.assert_array_equal(train.augment(x, jax.random.key(1), shift=0, flip=False), x)
-    y = train.augment(x, jax.random.key(1), shift=2, flip=True)
-    assert y.shape == x.shape and not np.array_equal(y, x)
-    np.testing.assert_array_equal(y, train.augment(x, jax.random.key(1), shift=2, flip=True))
-    flipped = train.augment(x, jax.random.key(1), shift=0, flip=True)
-    for a, b in zip(flipped, x, strict=True):  # each example is itself or its mirror image
-        assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
-
-
 def test_evaluate_matches_a_plain_computation_with_a_partial_last_batch():
     images, labels = synthetic(n=50)
     params = models.init(jax.random.key(0), SMALL_SPEC, (12, 12, 1))
