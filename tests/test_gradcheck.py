@@ -445,6 +445,24 @@ def test_groups_in_two_processes_give_the_rows_of_one():
         assert abs(a.max_rel_err - b.max_rel_err) <= a.tolerance / 10, (a, b)
 
 
+def test_workers_refuse_a_registry_they_cannot_rebuild():
+    """A worker imports the module of every kind registered here; a kind defined where no
+    import reaches it (in a function, in __main__) would change the plan's seeds there, so the
+    worker says which kind and what to do instead of checking other cases."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Local(layers.Layer):
+        def output_shape(self, in_shape):
+            return tuple(in_shape)
+
+    layers.register(Local)
+    try:
+        with pytest.raises(RuntimeError, match=r"layer kinds Local \((tests\.)?test_gradcheck\)"):
+            list(gradcheck.groups(0, 0, ("float32",), 1, jobs=2))
+    finally:
+        del layers.KINDS["Local"]
+
+
 def test_the_plan_seeds_each_group_as_the_groups_before_it_left_the_stream():
     """Group k's generators are the ones a single stream of default_rng([seed, i]) reaches
     after the groups before k drew theirs, so a group can run alone."""

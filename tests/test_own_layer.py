@@ -50,9 +50,9 @@ def test_a_planted_wrong_rule_fails_the_check_naming_it():
         gradcheck.assert_layer(PReLUWithoutTheSlope(), (5, 4, 3), batch=2)
 
 
-def _gradcheck_module(module: str, *extra):
+def _gradcheck_module(module: str, *extra, cases=1):
     command = [sys.executable, "-m", "experiments.gradcheck", f"--module={module}"]
-    command += ["--config.layer_cases=1", *extra]
+    command += [f"--config.layer_cases={cases}", *extra]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
@@ -62,7 +62,7 @@ def test_the_gradcheck_entry_point_checks_the_kinds_a_module_registers():
     assert done.stdout.splitlines()[0] == "checking PReLU"
     assert "PReLU/slope vs fd" in done.stdout and "Conv/" not in done.stdout
     # a kind with a wrong rule; the workers import the module too
-    wrong = _gradcheck_module("tests.own_layers_wrong", "--jobs=2", "--config.layer_cases=2")
+    wrong = _gradcheck_module("tests.own_layers_wrong", "--jobs=2", cases=2)
     assert wrong.returncode == 1
     assert wrong.stdout.splitlines()[0] == "checking PReLU, PReLUWrongSlope"  # it imports PReLU
     assert "PReLUWrongSlope/slope vs fd" in wrong.stdout.split("failed cases:")[1]

@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+from cnnjax import layers, models
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -10,8 +12,13 @@ def test_readme_examples_run():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert len(blocks) >= 4  # a layer, a loss, a hand-derived gradient, the net in Flax
     namespace = {}
-    for block in blocks:
-        exec(compile(block, str(README), "exec"), namespace)
+    kinds, specs = dict(layers.KINDS), dict(models.SPECS)
+    try:
+        for block in blocks:
+            exec(compile(block, str(README), "exec"), namespace)
+    finally:  # its own layer kind is not left registered for the tests after it
+        layers.KINDS.clear(), layers.KINDS.update(kinds)
+        models.SPECS.clear(), models.SPECS.update(specs)
     assert float(namespace["loss"]) == float(namespace["loss_auto"])
 
 

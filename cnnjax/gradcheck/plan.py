@@ -81,28 +81,37 @@ def groups(
 ) -> Iterator[tuple[str, list[Row]]]:
     """(group name, its rows) for every Group of `plan`, in the plan's order, each yielded as
     soon as it and those before it are checked. With jobs > 1 the groups run in that many
-    fresh processes (spawned: each imports `modules` first, the modules that register `kinds`),
-    with the same rows as in one."""
+    fresh processes (spawned: each imports `modules` first, then the module of every kind
+    registered here, so that its registry is this one), with the same rows as in one."""
     args = (num_random_specs, seed, tuple(dtypes), layer_cases)
     planned = plan(*args, kinds)
     if jobs <= 1:
         yield from ((group.name, group.run()) for group in planned)
         return
     kind_names = None if kinds is None else [kind.__name__ for kind in kinds]
+    registered = {name: kind.__module__ for name, kind in layers.KINDS.items()}
+    modules = tuple(dict.fromkeys([*modules, *registered.values()]))
     context = multiprocessing.get_context("spawn")  # JAX's runtime does not survive a fork
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = [
-            pool.submit(_run_planned, args, kind_names, tuple(modules), i)
+            pool.submit(_run_planned, args, kind_names, modules, registered, i)
             for i in range(len(planned))
         ]
         for group, future in zip(planned, futures, strict=True):
             yield group.name, future.result()
 
 
-def _run_planned(args, kind_names, modules, index: int) -> list[Row]:
+def _run_planned(args, kind_names, modules, registered, index: int) -> list[Row]:
     """In a worker process: group `index` of the plan, rebuilt here."""
     for name in modules:
         importlib.import_module(name)
+    if missing := [
+        f"{name} ({where})" for name, where in registered.items() if name not in layers.KINDS
+    ]:
+        raise RuntimeError(
+            f"layer kinds {', '.join(missing)} are not registered by importing their modules; "
+            "define and register them at a module's top level, or run with jobs=1"
+        )
     kinds = None if kind_names is None else [layers.KINDS[name] for name in kind_names]
     return plan(*args, kinds)[index].run()
 
