@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnjax.training import idx
-from tests.builders import SIZES, idx_bytes, write_idx_dir
+from tests.builders import REPO, SIZES, idx_bytes, write_idx_dir
 
 # --- IDX files ---------------------------------------------------------------------------------
 
@@ -130,3 +130,12 @@ def test_class_names_and_unknown_names():
         idx.class_names("kmnist")
     with pytest.raises(ValueError, match="split must be one of"):
         idx.read_split("mnist", "validation", ".")
+
+
+def test_the_shared_mnist_directory_is_beside_the_checkout():
+    """Full MNIST lives in ../shared/data/mnist next to the checkout (the one holding
+    pyproject.toml), on these machines and in CI; a path computed one level off finds nothing
+    and sends a fresh machine to the internet."""
+    checkout = REPO
+    assert (idx.REPO_ROOT / "pyproject.toml").is_file() and idx.REPO_ROOT == checkout
+    assert idx.Mnist.DEFAULT_SOURCE == checkout.parent / "shared" / "data" / "mnist"
