@@ -38,7 +38,14 @@ TIERS = {
         "training.run",
         "training.analysis",
     },
-    "many runs": {"sweeps", "sweeps.grid", "sweeps.population", "sweeps.results", "sweeps.sweep"},
+    "many runs": {
+        "sweeps",
+        "sweeps.grid",
+        "sweeps.search",
+        "sweeps.population",
+        "sweeps.results",
+        "sweeps.sweep",
+    },
     "measurement": {
         "bench",
         "bench.timing",

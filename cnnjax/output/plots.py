@@ -309,3 +309,21 @@ def plot_sweep_heatmap(grid_YX, x_values, y_values, path, xlabel: str, ylabel: s
     ax.set_title("mean test accuracy (%) over seeds")
     figure.colorbar(image, ax=ax, shrink=0.8)
     _save(figure, path)
+
+
+def plot_search_progress(accuracy_by_member: Sequence[float], path, title: str) -> None:
+    """A search's members in the order they were asked: each one's test accuracy (NaN: it
+    diverged) and the best so far, so a sampler that learns shows its later members higher."""
+    values = np.asarray(accuracy_by_member, np.float64) * 100
+    members = np.arange(1, len(values) + 1)
+    best = np.fmax.accumulate(values) if len(values) else values
+    figure = _new_figure(6.4, 4.0)
+    ax = figure.subplots()
+    ax.plot(members, values, ".", color="black", alpha=0.7, label="member")
+    ax.step(members, best, where="post", color="tab:blue", label="best so far")
+    ax.set_xlabel("member (in the order asked)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    _save(figure, path)

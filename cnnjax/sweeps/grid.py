@@ -36,6 +36,14 @@ DEFAULTS = dict(layout="auto", max_members=0, memory_budget_mib=0)  # config.swe
 NOT_SWEPT = ("sweep",)  # config sections that describe the sweep itself
 
 
+def check_field(name: str, known: list[str]) -> None:
+    """A SweepError (with the closest field) unless `name` is a field a sweep may set."""
+    if name not in known or name.split(".")[0] in NOT_SWEPT:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SweepError(f"sweep field {name!r} is not a field of the config{hint}")
+
+
 def _check_axes(config, axes) -> None:
     if not isinstance(axes, (list, tuple)) or not axes:
         raise SweepError(f"get_sweep() must return a non-empty list of axes, got {axes!r}")
@@ -52,10 +60,7 @@ def _check_axes(config, axes) -> None:
                 f"value lists; got lengths {lengths}"
             )
         for name in axis:
-            if name not in known or name.split(".")[0] in NOT_SWEPT:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise SweepError(f"sweep field {name!r} is not a field of the config{hint}")
+            check_field(name, known)
             if name in seen:
                 raise SweepError(f"sweep field {name!r} appears in two axes")
             seen.add(name)
@@ -68,8 +73,8 @@ def axes_from_file(path: str):
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         raise SweepError(
-            f"{path} has no get_sweep(); a sweep config defines get_sweep() "
-            "returning a list of axes (see configs/sweep_lr.py)"
+            f"{path} has no get_sweep(); a sweep config defines get_sweep() returning a list "
+            "of axes (configs/sweep_lr.py) or a search.Search (configs/search_tpe.py)"
         )
     return module.get_sweep()
 

@@ -126,9 +126,10 @@ def settings_table(summary: list[dict]) -> str:
     return tables.format_table(header, rows, right=range(len(fields), len(fields) + 3))
 
 
-def write_report(directory: Path, results: list[dict]) -> str:
+def write_report(directory: Path, results: list[dict], search: str | None = None) -> str:
     """table.txt (settings_table) and, for one swept number, accuracy_vs_<field>.png (mean and
-    min-max band over seeds), or for two, accuracy_heatmap.png. Returns the table."""
+    min-max band over seeds), or for two, accuracy_heatmap.png; for a search (`search` names
+    its sampler), search_progress.png instead of the heatmap. Returns the table."""
     from cnnjax.output import plots  # matplotlib only where a report is drawn
 
     summary = settings_summary(results)
@@ -136,6 +137,11 @@ def write_report(directory: Path, results: list[dict]) -> str:
     Path(directory).mkdir(parents=True, exist_ok=True)
     (Path(directory) / "table.txt").write_text(table + "\n")
     fields = list(summary[0]["setting"]) if summary else []
+    if search is not None:
+        ordered = sorted(results, key=lambda r: r["member"])
+        accuracy = [r["test_accuracy"] if r["diverged_at"] is None else np.nan for r in ordered]
+        title = f"{search} search: {len(ordered)} members"
+        plots.plot_search_progress(accuracy, Path(directory) / "search_progress.png", title)
     numeric = all(isinstance(s["setting"][f], (int, float)) for s in summary for f in fields)
     if len(fields) == 1 and numeric:
         by_x: dict[float, list[float]] = {}
@@ -144,7 +150,7 @@ def write_report(directory: Path, results: list[dict]) -> str:
                 by_x.setdefault(row["overrides"][fields[0]], []).append(row["test_accuracy"])
         name = fields[0].split(".")[-1]
         plots.plot_sweep_line(by_x, Path(directory) / f"accuracy_vs_{name}.png", fields[0])
-    elif len(fields) == 2:
+    elif len(fields) == 2 and search is None:
         xs = list(dict.fromkeys(s["setting"][fields[0]] for s in summary))
         ys = list(dict.fromkeys(s["setting"][fields[1]] for s in summary))
         grid = np.full((len(ys), len(xs)), np.nan)

@@ -1,9 +1,10 @@
-"""Running a sweep (cnnjax.sweeps.grid has its members): populations (one program each) in
-memory-sized chunks, a results row per finished member, the table over settings; and merging
-the results of a sweep's shards.
+"""Running a sweep (cnnjax.sweeps.grid has a grid's members, cnnjax.sweeps.search a search's,
+asked in rounds): populations (one program each) in memory-sized chunks, a results row per
+finished member, the table over settings; and merging the results of a sweep's shards.
 
-A sweep directory holds sweep.json (the base config, the axes, the shard), plan.json (members
-per population), populations/<p>/ (population.fit's metrics and checkpoints) and
+A sweep directory holds sweep.json (the base config, the axes or search, the shard), plan.json
+(members per population, a round's appended as it starts), asked.json for a search (the
+members asked so far), populations/<p>/ (population.fit's metrics and checkpoints) and
 results.jsonl (a line per finished member, rewritten whole after each population, so that a
 killed sweep never leaves a member there twice or half a row; cnnjax.sweeps.results); `merge`
 assembles the shards' results.
@@ -18,9 +19,9 @@ from pathlib import Path
 import jax
 import ml_collections
 
-from cnnjax import parallel
+from cnnjax import faults, parallel
 from cnnjax.output import jsonl
-from cnnjax.sweeps import grid, population, results
+from cnnjax.sweeps import grid, population, results, search
 from cnnjax.sweeps.grid import SweepError
 from cnnjax.training import RunError, checkpoints, data, run, settings, workdir
 
@@ -74,64 +75,124 @@ def _data_key(config) -> str:
     return json.dumps(config.data.to_dict(), sort_keys=True)
 
 
-def _load(configs: dict, mesh) -> dict:
-    """(train feed, test feed) of every data config the members use, loaded once each."""
-    loaded = {}
+def _load(configs: dict, mesh, loaded: dict) -> dict:
+    """`loaded` with (train feed, test feed) of every data config the members use that it
+    lacks, loaded once each."""
+    loaded = dict(loaded)
     for member in configs.values():
         if _data_key(member) not in loaded:
             loaded[_data_key(member)] = run.make_feeds(member, run.load_splits(member), mesh)
     return loaded
 
 
-def _planned(directory: Path, configs: dict, loaded: dict, options: dict) -> list[list[int]]:
-    """plan.json's populations; planned (and written) on the sweep's first start only, so a
-    resumed sweep keeps its populations whatever memory is free now."""
+def _planned(directory: Path, mine: list[int], configs: dict, loaded: dict, options: dict):
+    """[(p, members)]: the populations of `mine` (a round's members in this shard) and their
+    places in plan.json, which holds every population planned so far. A round is planned (and
+    appended to plan.json) when it first starts, so a resumed sweep keeps its populations
+    whatever memory is free now."""
     path = directory / "plan.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    populations = plan(configs, loaded, options)
+    populations = json.loads(path.read_text()) if path.exists() else []
+    ours = [(p, members) for p, members in enumerate(populations) if set(members) & set(mine)]
+    if ours:
+        if sorted(m for _, members in ours for m in members) != sorted(mine):
+            raise SweepError(
+                f"{path} plans other members than this round's {mine}; "
+                "it is not this sweep's: move the directory away and start again"
+            )
+        return ours
+    if not mine:
+        return []
+    added = plan(configs, loaded, options)
+    _replace(path, json.dumps(populations + added) + "\n")
+    return list(enumerate(added, start=len(populations)))
+
+
+def _replace(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(populations) + "\n")
-    os.replace(partial, path)  # a kill leaves no plan or the whole plan, never half of one
-    return populations
+    partial.write_text(text)
+    os.replace(partial, path)  # a kill leaves the old file or the new one, never half of one
 
 
-def fit(config, axes, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[dict]:
-    """Run this shard's members of the sweep `axes` over `config` in sweep_dir (see the module
-    docstring); returns its results rows (a dict per member). With one shard, also writes the
-    table and plot (results.write_report)."""
-    overrides = grid.expand(config, axes)  # every error about the sweep comes before any work
+def _record_asked(directory: Path, overrides: dict[int, dict]) -> None:
+    """asked.json: the members a search has asked so far ({member: overrides}). A resumed
+    search asks again and must get the same: else its sampler is not the one that started it
+    (another Optuna version), and going on would mix two searches."""
+    path = directory / "asked.json"
+    recorded = {int(m): o for m, o in json.loads(path.read_text()).items()} if path.exists() else {}
+    for m, before in recorded.items():
+        if m in overrides and json.dumps(overrides[m]) != json.dumps(before):
+            raise SweepError(
+                f"the search now asks {overrides[m]} for member {m}, where {path} records "
+                f"{before}: resume with the versions it started with (its config.json's "
+                "environment), or start a new --workdir"
+            )
+    if set(overrides) - set(recorded):
+        _replace(path, json.dumps({str(m): overrides[m] for m in sorted(overrides)}) + "\n")
+        faults.point("search.asked")
+
+
+def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[dict]:
+    """Run this shard's members of `sweep` (grid axes or a search.Search) over `config` in
+    sweep_dir (see the module docstring); returns its results rows (a dict per member). With
+    one shard, also writes the table and plot (results.write_report)."""
+    searching = search.is_search(sweep)  # every error about the sweep comes before any work
+    if searching:
+        search.check(config, sweep)
+        if sweep.sampler == "tpe" and shard[1] > 1:
+            raise SweepError(
+                "a tpe search runs as one shard (each round learns from every member before "
+                "it); shard a random, sobol or halton search instead"
+            )
+        described, rounds, overrides = sweep.to_json(), search.rounds(sweep), {}
+        overrides.update(zip(rounds[0], search.ask(sweep, 0, []), strict=True))
+    else:
+        overrides = dict(enumerate(grid.expand(config, sweep)))
+        described, rounds = sweep, [list(overrides)]
     options = grid.sweep_settings(config)
     layout = population.resolve_layout(options["layout"])
-    mine = grid.shard_members(len(overrides), shard)
-    configs = {m: grid.member_config(config, overrides[m]) for m in mine}
+    ours = grid.shard_members(sum(map(len, rounds)), shard)
     mesh = parallel.make_mesh(jax.local_devices())  # one process; across hosts, use --shard
     directory = grid.shard_dir(sweep_dir, shard)
     description = dict(
-        fingerprint=grid.fingerprint(config, axes),
+        fingerprint=grid.fingerprint(config, described),
         shard=list(shard),
         layout=layout,
         config=json.loads(config.to_json_best_effort()),
-        axes=axes,
+        axes=described,
     )
+    configs = {m: grid.member_config(config, overrides[m]) for m in rounds[0] if m in ours}
     _start(directory, description, configs, mesh, resume)
     results_path = directory / "results.jsonl"
-    done = _finished(results_path, mine)
-    loaded = _load(configs, mesh)
-    populations = _planned(directory, configs, loaded, options)
-    for p, members in enumerate(populations):
-        if all(m in done for m in members):
-            continue
-        rows = _fit_population(
-            p, len(populations), members, configs, overrides, loaded, directory, layout, resume
-        )
-        done.update((row["member"], row) for row in rows)
-        results.write_rows(results_path, [done[m] for m in _in_order(populations) if m in done])
-    finished = [done[m] for m in _in_order(populations)]
+    done = _finished(results_path, ours)
+    loaded, planned = {}, []
+    for r, members_r in enumerate(rounds):
+        if searching and r > 0:  # what the rounds before it found
+            told = [(overrides[m], done.get(m)) for m in sorted(overrides)]
+            overrides.update(zip(members_r, search.ask(sweep, r, told), strict=True))
+        if searching:
+            _record_asked(directory, overrides)
+        mine = [m for m in members_r if m in ours]
+        configs = {m: grid.member_config(config, overrides[m]) for m in mine}
+        for member in configs.values():
+            settings.check(member, mesh)
+        loaded = _load(configs, mesh, loaded)
+        populations = _planned(directory, mine, configs, loaded, options)
+        planned += [members for _, members in populations]
+        for p, members in populations:
+            if all(m in done for m in members):
+                continue
+            label = f"population {p + 1}/{len(planned)} ({len(members)} members)"
+            if len(rounds) > 1:
+                label = f"round {r + 1}/{len(rounds)} {label}"
+            args = (members, configs, overrides, loaded, directory, layout, resume, label)
+            rows = _fit_population(p, *args)
+            done.update((row["member"], row) for row in rows)
+            results.write_rows(results_path, [done[m] for m in _in_order(planned) if m in done])
+    finished = [done[m] for m in _in_order(planned)]
     if resume:  # rewritten whole even when nothing was left to run: an older version's repeats go
         results.write_rows(results_path, finished)
     if shard[1] == 1:
-        results.write_report(directory, finished)
+        results.write_report(directory, finished, search=sweep.sampler if searching else None)
     return finished
 
 
@@ -153,7 +214,7 @@ def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
     return rows
 
 
-def _fit_population(p, count, members, configs, overrides, loaded, directory, layout, resume):
+def _fit_population(p, members, configs, overrides, loaded, directory, layout, resume, label):
     configs_p = [configs[m] for m in members]
     first = configs_p[0]
     feeds = loaded[_data_key(first)]
@@ -166,7 +227,7 @@ def _fit_population(p, count, members, configs, overrides, loaded, directory, la
         feeds,
         layout=layout,
         resume=resume and pdir.exists(),
-        label=f"population {p + 1}/{count} ({len(members)} members)",
+        label=label,
     )
     epochs = jsonl.read_metrics(pdir / "metrics.jsonl", "epoch")
     last = {r["member"]: r for r in epochs if r["epoch"] == first.train.epochs}
@@ -215,9 +276,14 @@ def merge(sweep_dir) -> list[dict]:
         descriptions[i] = json.loads(path.read_text())
     if len({d["fingerprint"] for d in descriptions.values()}) != 1:
         raise SweepError(f"the shards in {sweep_dir} come from different sweeps (config or axes)")
-    total = len(
-        grid.expand(ml_collections.ConfigDict(descriptions[0]["config"]), descriptions[0]["axes"])
-    )
+    axes = descriptions[0]["axes"]
+    if search.is_search(axes):
+        total, sampler = search.from_json(axes).members, search.from_json(axes).sampler
+    else:
+        total, sampler = (
+            len(grid.expand(ml_collections.ConfigDict(descriptions[0]["config"]), axes)),
+            None,
+        )
     merged = []
     for i in range(n):
         path = grid.shard_dir(sweep_dir, (i, n)) / "results.jsonl"
@@ -241,5 +307,5 @@ def merge(sweep_dir) -> list[dict]:
         merged += rows.values()
     merged.sort(key=lambda r: r["member"])
     results.write_rows(sweep_dir / "results.jsonl", merged)
-    results.write_report(sweep_dir, merged)
+    results.write_report(sweep_dir, merged, search=sampler)
     return merged
