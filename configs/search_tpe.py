@@ -7,21 +7,14 @@ the results of the rounds before it (cnnjax/sweeps/search.py).
 configs/search_sobol.py spends the same budget on a scrambled Sobol sequence.
 """
 
-import ml_collections
-
 from cnnjax.sweeps import search
-from configs import default
+from configs import sweep_lr
 
 
 def get_config():
-    config = default.get_config()
-    config.train.epochs = 5
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.layout = "auto"  # "vmap", "unroll", "map", "sequential"; auto: sequential on
-    # CPU, else vmap (a round's members as one program)
-    config.sweep.max_members = 0  # most members in one program (0: as many as fit in memory)
-    config.sweep.memory_budget_mib = 0  # device memory for one program (0: half of what is free)
-    return config
+    """configs/sweep_lr.py's: the reference CNN for 5 epochs, the sweep section's layout
+    ("auto": sequential on CPU, a round's members as one vmapped program elsewhere)."""
+    return sweep_lr.get_config()
 
 
 SPACE = {

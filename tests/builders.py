@@ -131,6 +131,25 @@ def train_command(dataset, workdir, epochs: int, *extra) -> list[str]:
     ]
 
 
+def sweep_command(dataset, config_path, workdir, *flags, train_examples: int = 256) -> list[str]:
+    """`python -m experiments.sweep` on a sweep config file and the `dataset` fixture's files
+    (MNIST-like, no flips, the first `train_examples` training images)."""
+    source, tfds_dir = dataset
+    return [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        f"--config={config_path}",
+        f"--workdir={workdir}",
+        "--config.data.name=mnist",
+        "--config.data.flip=False",
+        f"--config.data.train_examples={train_examples}",
+        f"--config.data.source_dir={source}",
+        f"--config.data.tfds_dir={tfds_dir}",
+        *flags,
+    ]
+
+
 def compile_cache_env(cache) -> dict:
     """Environment variables giving processes one persistent compilation cache in `cache`: the
     later processes load the programs the first compiled (the same executables, so the same

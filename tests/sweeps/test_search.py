@@ -15,7 +15,7 @@ import pytest
 
 from cnnjax.sweeps import grid, results, search, sweep
 from configs import sweep_lr
-from tests.builders import REPO, compile_cache_env, config_for
+from tests.builders import REPO, compile_cache_env, config_for, sweep_command
 
 LR = search.LogUniform(0.01, 0.1)
 SPACE = {
@@ -140,23 +140,6 @@ def get_sweep():
 """
 
 
-def _sweep_command(dataset, path, workdir, *flags):
-    source, tfds_dir = dataset
-    return [
-        sys.executable,
-        "-m",
-        "experiments.sweep",
-        f"--config={path}",
-        f"--workdir={workdir}",
-        "--config.data.name=mnist",
-        "--config.data.flip=False",
-        "--config.data.train_examples=256",
-        f"--config.data.source_dir={source}",
-        f"--config.data.tfds_dir={tfds_dir}",
-        *flags,
-    ]
-
-
 def test_a_tpe_search_runs_its_rounds_and_resumes_as_it_ran(dataset, tmp_path):
     config = config_for(dataset, epochs=1)
     config.data.train_examples = 256
@@ -188,11 +171,11 @@ def test_a_sharded_search_merges_to_the_whole_one(sampler, dataset, tmp_path):
     path = tmp_path / "search.py"
     path.write_text(SEARCH_FILE.replace("{sampler}", sampler))
     whole = subprocess.run(
-        _sweep_command(dataset, path, tmp_path / "whole"), cwd=REPO, capture_output=True, text=True
+        sweep_command(dataset, path, tmp_path / "whole"), cwd=REPO, capture_output=True, text=True
     )
     assert whole.returncode == 0, whole.stderr
     for i in (0, 1):
-        shard = _sweep_command(dataset, path, tmp_path / "sharded", f"--shard={i}/2")
+        shard = sweep_command(dataset, path, tmp_path / "sharded", f"--shard={i}/2")
         done = subprocess.run(shard, cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
     merge = [
@@ -214,7 +197,7 @@ def test_a_tpe_search_in_shards_is_one_line_naming_the_fix(dataset, tmp_path):
     path = tmp_path / "search.py"
     path.write_text(SEARCH_FILE.replace("{sampler}", "tpe"))
     done = subprocess.run(
-        _sweep_command(dataset, path, tmp_path / "s", "--shard=0/2"),
+        sweep_command(dataset, path, tmp_path / "s", "--shard=0/2"),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -244,7 +227,7 @@ def test_a_killed_tpe_search_resumes_to_the_uninterrupted_one(kill_at, dataset, 
 
     def run(workdir, *flags, kill_at=None):
         child = dict(env, CNNJAX_KILL_AT=kill_at) if kill_at else env
-        command = _sweep_command(dataset, path, workdir, *flags)
+        command = sweep_command(dataset, path, workdir, *flags)
         return subprocess.run(command, cwd=REPO, env=child, capture_output=True, text=True)
 
     assert (whole := run(tmp_path / "whole")).returncode == 0, whole.stderr

@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from cnnjax.sweeps import results
 from cnnjax.training import checkpoints
-from tests.builders import REPO, compile_cache_env
+from tests.builders import REPO, compile_cache_env, sweep_command
 
 SWEEP_FILE = """
 from configs import sweep_smoke
@@ -34,23 +33,10 @@ def get_sweep():
 def sweeps(dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep_state")
     (root / "state_sweep.py").write_text(SWEEP_FILE)
-    source, tfds_dir = dataset
     env = dict(os.environ, **compile_cache_env(root / "jax_cache"))
 
     def start(workdir, *flags, kill_at=""):
-        args = [
-            sys.executable,
-            "-m",
-            "experiments.sweep",
-            f"--config={root / 'state_sweep.py'}",
-            f"--workdir={workdir}",
-            "--config.data.name=mnist",
-            "--config.data.flip=False",
-            "--config.data.train_examples=256",
-            f"--config.data.source_dir={source}",
-            f"--config.data.tfds_dir={tfds_dir}",
-            *flags,
-        ]
+        args = sweep_command(dataset, root / "state_sweep.py", workdir, *flags)
         return subprocess.Popen(
             args,
             cwd=REPO,
