@@ -1,8 +1,10 @@
-"""Run a hyperparameter sweep from a config file that defines get_sweep(), or merge a sharded one.
+"""Run a hyperparameter sweep from a config file that defines get_sweep() (grid axes, or a
+search.Search of ranges and a sampler), or merge a sharded one.
 
     python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/sweep_lr
     python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/s --shard 0/2
     python -m experiments.sweep --workdir runs/s --merge        # once every shard has finished
+    python -m experiments.sweep --config configs/search_tpe.py --workdir runs/search_tpe
 
 Members that differ only in numbers (learning rate, momentum, weight decay, label smoothing,
 seed) train together as one program. A killed sweep continues with --resume.
