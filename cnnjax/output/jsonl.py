@@ -170,3 +170,15 @@ def truncate_after(path, step: int) -> int:
     os.chmod(f.name, os.stat(path).st_mode)  # a temporary file is private (0600) by default
     os.replace(f.name, path)
     return len(lines) - len(kept)
+
+
+def write_json(path, value) -> None:
+    """Write `value` as one line of JSON at `path`, whole or not at all: a temporary file,
+    flushed to disk, renamed over it (a kill leaves the old file or the new one)."""
+    path = os.fspath(path)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(json.dumps(value) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)

@@ -130,14 +130,10 @@ def check(config, search) -> None:
         raise grid.SweepError(f"get_sweep() must return a list of axes or a Search, got {search!r}")
     if search.sampler not in SAMPLERS:
         raise grid.SweepError(f"Search.sampler must be one of {SAMPLERS}, got {search.sampler!r}")
-    for name in ("members", "round_size"):
+    for name, least in (("members", 1), ("round_size", 1), ("startup", 0), ("seed", 0)):
         value = getattr(search, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise grid.SweepError(f"Search.{name} must be an integer >= 1, got {value!r}")
-    if not isinstance(search.startup, int) or search.startup < 0:
-        raise grid.SweepError(f"Search.startup must be an integer >= 0, got {search.startup!r}")
-    if not isinstance(search.seed, int) or isinstance(search.seed, bool) or search.seed < 0:
-        raise grid.SweepError(f"Search.seed must be an integer >= 0, got {search.seed!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise grid.SweepError(f"Search.{name} must be an integer >= {least}, got {value!r}")
     if not isinstance(search.space, dict) or not search.space:
         raise grid.SweepError("Search.space must be a non-empty dict {config field: range}")
     known = settings.dotted_fields(config)

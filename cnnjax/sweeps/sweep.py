@@ -13,7 +13,6 @@ assembles the shards' results.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -103,14 +102,8 @@ def _planned(directory: Path, mine: list[int], configs: dict, loaded: dict, opti
     if not mine:
         return []
     added = plan(configs, loaded, options)
-    _replace(path, json.dumps(populations + added) + "\n")
+    jsonl.write_json(path, populations + added)
     return list(enumerate(added, start=len(populations)))
-
-
-def _replace(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)  # a kill leaves the old file or the new one, never half of one
 
 
 def _record_asked(directory: Path, overrides: dict[int, dict]) -> None:
@@ -127,7 +120,7 @@ def _record_asked(directory: Path, overrides: dict[int, dict]) -> None:
                 "environment), or start a new --workdir"
             )
     if set(overrides) - set(recorded):
-        _replace(path, json.dumps({str(m): overrides[m] for m in sorted(overrides)}) + "\n")
+        jsonl.write_json(path, {str(m): overrides[m] for m in sorted(overrides)})
         faults.point("search.asked")
 
 
@@ -173,7 +166,7 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
             _record_asked(directory, overrides)
         mine = [m for m in members_r if m in ours]
         configs = {m: grid.member_config(config, overrides[m]) for m in mine}
-        for member in configs.values():
+        for member in configs.values() if r > 0 else ():  # round 0's: checked by _start
             settings.check(member, mesh)
         loaded = _load(configs, mesh, loaded)
         populations = _planned(directory, mine, configs, loaded, options)
@@ -277,8 +270,9 @@ def merge(sweep_dir) -> list[dict]:
     if len({d["fingerprint"] for d in descriptions.values()}) != 1:
         raise SweepError(f"the shards in {sweep_dir} come from different sweeps (config or axes)")
     axes = descriptions[0]["axes"]
-    if search.is_search(axes):
-        total, sampler = search.from_json(axes).members, search.from_json(axes).sampler
+    found = search.from_json(axes) if search.is_search(axes) else None
+    if found is not None:
+        total, sampler = found.members, found.sampler
     else:
         total, sampler = (
             len(grid.expand(ml_collections.ConfigDict(descriptions[0]["config"]), axes)),

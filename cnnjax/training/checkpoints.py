@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from cnnjax import faults, parallel
+from cnnjax.output import jsonl
 from cnnjax.training import RunError
 
 CHECKSUM = "cnnjax_checksum.json"  # in each step directory: {"sha256": state_hash}
@@ -72,7 +73,7 @@ def save(checkpoints: ocp.CheckpointManager, epochs_done: int, state) -> None:
         raise RuntimeError(f"orbax did not save step {epochs_done} in {root}")
     faults.point("checkpoint.saving")  # committed by orbax, not yet checksummed
     if parallel.is_primary():
-        _write_atomically(root / str(epochs_done) / CHECKSUM, {"sha256": checksum})
+        jsonl.write_json(root / str(epochs_done) / CHECKSUM, {"sha256": checksum})
     faults.point("checkpoint.saved")
 
 
@@ -187,16 +188,6 @@ def _set_aside(step_dir: Path) -> None:
     while target.exists():
         target, n = rejected / f"{step_dir.name}.{n}", n + 1
     shutil.move(step_dir, target)
-
-
-def _write_atomically(path: Path, record: dict) -> None:
-    """Write `record` as JSON at `path` whole or not at all (a temporary file renamed)."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def _say(line: str) -> None:
