@@ -13,7 +13,7 @@ WORKDIR ?= runs/fashion_mnist
 CONFIG ?= configs/default.py
 
 .PHONY: venv data train evaluate smoke-train sweep smoke-sweep benchmark-sweep gradcheck \
-        compare-flax device-check device-wheels test lint format clean
+        compare-flax device-check device-wheels tensorboard compare-sweeps test lint format clean
 
 venv: $(STAMP)
 
@@ -76,6 +76,17 @@ benchmark-sweep: $(STAMP)
 GRADCHECK_JOBS ?= 2
 gradcheck: $(STAMP)
 	$(PY) -m experiments.gradcheck --jobs=$(GRADCHECK_JOBS)
+
+# TensorBoard over every run and sweep in runs/ (scalars as they train; a sweep's HParams), at
+# http://localhost:6006; LOGDIR=runs/sweep_lr for one.
+LOGDIR ?= runs
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR)
+
+# Grid, random search, successive halving and PBT at one budget of member-epochs, 3 seeds each
+# (configs/budget_*.py) into runs/budget: comparison.md and comparison.png; again, it resumes.
+compare-sweeps: $(STAMP) data
+	$(PY) -m experiments.compare_sweeps --workdir runs/budget
 
 compare-flax: $(STAMP)
 	$(PY) -m experiments.compare_flax

@@ -21,6 +21,8 @@ def get_config():
     config.data.flip = True  # random left-right flips of training images
     config.data.erase = 0.0  # probability of random erasing per training image (augment.py)
     config.data.train_examples = 0  # > 0: train on the first this many examples only
+    config.data.validation_examples = 0  # > 0: hold out the last this many training examples;
+    # sweeps rank members on them (halving, PBT, TPE) and report test accuracy beside
     config.data.placement = "auto"  # "device" (splits on every device), "host" (streamed), auto
 
     config.model = ml_collections.ConfigDict()

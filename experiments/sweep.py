@@ -5,9 +5,11 @@ search.Search of ranges and a sampler), or merge a sharded one.
     python -m experiments.sweep --config configs/sweep_lr.py --workdir runs/s --shard 0/2
     python -m experiments.sweep --workdir runs/s --merge        # once every shard has finished
     python -m experiments.sweep --config configs/search_tpe.py --workdir runs/search_tpe
+    python -m experiments.sweep --config configs/budget_halving.py --workdir runs/halving  # _pbt
 
 Members that differ only in numbers (learning rate, momentum, weight decay, label smoothing,
-seed) train together as one program. A killed sweep continues with --resume.
+seed) train together as one program. A killed sweep continues with --resume. The shards of a
+TPE, halving or PBT sweep run at the same time and wait for each other at each stage.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 import experiments
-from cnnjax.sweeps import grid, results, sweep
+from cnnjax.sweeps import grid, merging, results, sweep
 
 _CONFIG = experiments.config_file(None, "a config file with get_sweep()")
 _WORKDIR = flags.DEFINE_string("workdir", None, "sweep directory (created; never overwritten)")
@@ -30,7 +32,7 @@ def main(argv) -> int:
     config = _CONFIG.value
     experiments.begin(argv, deterministic=config is None or config.train.deterministic)
     if _MERGE.value:
-        rows, shard = sweep.merge(_WORKDIR.value), (0, 1)
+        rows, shard = merging.merge(_WORKDIR.value), (0, 1)
     elif _CONFIG.value is None:
         raise grid.SweepError("--config is required (a config file with get_sweep())")
     else:

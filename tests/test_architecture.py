@@ -14,7 +14,15 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "cnnjax"
 # cycles); never of a higher one. Names are relative to cnnjax ("training.run").
 TIERS = {
     "process": {"parallel", "runtime", "faults"},
-    "output": {"output", "output.jsonl", "output.tables", "output.progress", "output.plots"},
+    "output": {
+        "output",
+        "output.jsonl",
+        "output.tables",
+        "output.progress",
+        "output.plots",
+        "output.events",
+        "output.sweep_plots",
+    },
     # and every layer kind's file (cnnjax/layers/*.py, added below)
     "math": {"ops", "losses", "models", "grads", "backprop", "layers"},
     "checks": {
@@ -42,6 +50,10 @@ TIERS = {
         "sweeps",
         "sweeps.grid",
         "sweeps.search",
+        "sweeps.stages",
+        "sweeps.space",
+        "sweeps.merging",
+        "sweeps.comparison",
         "sweeps.population",
         "sweeps.results",
         "sweeps.sweep",

@@ -75,8 +75,10 @@ class MetricsWriter:
     `truncate_after` has dropped that line. Only one process should write a given file.
     """
 
-    def __init__(self, path):
-        self.path = os.fspath(path)
+    def __init__(self, path, events=None):
+        """`events`: also hand each row, as written, to events.write (and close it with this
+        writer): cnnjax.output.events mirrors the rows to TensorBoard."""
+        self.path, self._events = os.fspath(path), events
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         if os.path.exists(self.path) and _ends_in_partial_line(self.path):
             raise ValueError(
@@ -104,10 +106,14 @@ class MetricsWriter:
         line = json.dumps(_map_leaves(_encode_nonfinite, row), allow_nan=False)
         self._file.write(line + "\n")
         self._file.flush()  # survives a killed process; os.fsync would also survive power loss
+        if self._events is not None:
+            self._events.write(row)
         return row
 
     def close(self) -> None:
         self._file.close()
+        if self._events is not None:
+            self._events.close()
 
     def __enter__(self):
         return self

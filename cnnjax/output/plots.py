@@ -1,5 +1,5 @@
 """Plots of a run as PNG files: training curves, learned conv filters, the confusion matrix,
-per-example views and sweep results.
+per-example views (a sweep's: cnnjax.output.sweep_plots).
 
 Figures are drawn with `matplotlib.figure.Figure` on an Agg canvas, never pyplot, so importing
 or calling this module selects no global backend and opens no window. Every function overwrites
@@ -26,13 +26,13 @@ DPI = 100
 SMOOTH_FROM = 50
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: Figure, path) -> None:
+def save(figure: Figure, path) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     # "Software": None drops the version string; Agg writes no creation time into a PNG.
     figure.savefig(path, format="png", dpi=DPI, metadata={"Software": None})
@@ -101,7 +101,7 @@ def plot_curves(
     """
     step_rows = [row for row in metrics_rows if row.get("kind") == "step"]
     epoch_rows = [row for row in metrics_rows if row.get("kind") == "epoch"]
-    figure = _new_figure(11, 4.2)
+    figure = new_figure(11, 4.2)
     loss_ax, accuracy_ax = figure.subplots(1, 2)
     loss_notes = {}
     if label_smoothing > 0:
@@ -124,7 +124,7 @@ def plot_curves(
         loss_ax.set_yscale("log")  # cross-entropy falls over decades; a linear axis hides the end
     if title:
         figure.suptitle(title)
-    _save(figure, path)
+    save(figure, path)
 
 
 def _smoothing_caption(label_smoothing: float) -> str:
@@ -154,7 +154,7 @@ def plot_filters(kernel_HWIO, path, in_channel: int = 0, title: str | None = Non
     vmax = float(np.abs(filters_OHW).max()) or 1.0
     cols = math.ceil(math.sqrt(O))
     rows = math.ceil(O / cols)
-    figure = _new_figure(1.0 * cols + 1.2, 1.05 * rows + 0.6)
+    figure = new_figure(1.0 * cols + 1.2, 1.05 * rows + 0.6)
     axes = figure.subplots(rows, cols, squeeze=False)
     for o, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -165,7 +165,7 @@ def plot_filters(kernel_HWIO, path, in_channel: int = 0, title: str | None = Non
             ax.set_title(str(o), fontsize=8, pad=2)
     figure.colorbar(image, ax=axes, shrink=0.8, label="weight")
     figure.suptitle(title or f"{O} filters {H}x{W}, input channel {in_channel} of {I}")
-    _save(figure, path)
+    save(figure, path)
 
 
 # ---------------------------------------------------------------------------- confusion
@@ -200,7 +200,7 @@ def plot_confusion(cm_KK, class_names: Sequence[str] | None, path) -> None:
     totals_K1 = cm_KK.sum(axis=1, keepdims=True)
     fraction_KK = cm_KK / np.maximum(totals_K1, 1)
     side = max(4.5, 0.45 * K + 2.5)
-    figure = _new_figure(side + 1.5, side)
+    figure = new_figure(side + 1.5, side)
     ax = figure.subplots()
     norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
     image = ax.imshow(fraction_KK, cmap="Blues", norm=norm, interpolation="nearest")
@@ -218,7 +218,7 @@ def plot_confusion(cm_KK, class_names: Sequence[str] | None, path) -> None:
     overall = np.trace(cm_KK) / total if total else float("nan")
     ax.set_title(f"accuracy {overall:.2%} on {total} examples")
     figure.colorbar(image, ax=ax, shrink=0.8, label="fraction of the true class")
-    _save(figure, path)
+    save(figure, path)
 
 
 # ---------------------------------------------------------------------- per-example views
@@ -233,7 +233,7 @@ def plot_histogram(values_N, path, xlabel: str, title: str | None = None, bins: 
     log_axis = positive.size == values_N.size and positive.size > 0
     log_axis = log_axis and positive.max() > 100 * positive.min()
     edges = np.geomspace(positive.min(), positive.max(), bins + 1) if log_axis else bins
-    figure = _new_figure(6.4, 3.6)
+    figure = new_figure(6.4, 3.6)
     ax = figure.subplots()
     ax.hist(values_N, bins=edges, color="tab:blue", alpha=0.8)
     ax.axvline(float(np.median(values_N)), color="tab:red", linestyle="--", label="median")
@@ -242,7 +242,7 @@ def plot_histogram(values_N, path, xlabel: str, title: str | None = None, bins: 
     ax.set_ylabel("examples")
     ax.legend()
     ax.set_title(title or f"{values_N.size} examples")
-    _save(figure, path)
+    save(figure, path)
 
 
 def plot_examples(images_NHWC, captions: Sequence[str], path, title: str | None = None) -> None:
@@ -251,7 +251,7 @@ def plot_examples(images_NHWC, captions: Sequence[str], path, title: str | None 
     n = len(images_NHWC)
     cols = min(n, 8)
     rows = math.ceil(n / cols)
-    figure = _new_figure(1.5 * cols, 1.75 * rows + 0.4)
+    figure = new_figure(1.5 * cols, 1.75 * rows + 0.4)
     axes = figure.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_axis_off()
@@ -260,70 +260,4 @@ def plot_examples(images_NHWC, captions: Sequence[str], path, title: str | None 
             ax.set_title(captions[i], fontsize=7, pad=2)
     if title:
         figure.suptitle(title)
-    _save(figure, path)
-
-
-# ------------------------------------------------------------------------------- sweeps
-
-
-def plot_sweep_line(accuracy_by_x: Mapping[float, Sequence[float]], path, xlabel: str) -> None:
-    """Test accuracy against one swept number: the mean over seeds as a line, the min-max band
-    over seeds shaded, every seed's run a dot; a log x axis when x spans more than 10x."""
-    xs = np.array(sorted(accuracy_by_x), np.float64)
-    runs = [np.asarray(accuracy_by_x[x], np.float64) * 100 for x in xs]
-    figure = _new_figure(6.4, 4.0)
-    ax = figure.subplots()
-    low, high = [r.min() for r in runs], [r.max() for r in runs]
-    ax.fill_between(xs, low, high, alpha=0.25, color="tab:blue", label="min-max over seeds")
-    ax.plot(xs, [r.mean() for r in runs], "o-", color="tab:blue", label="mean over seeds")
-    for x, r in zip(xs, runs, strict=True):
-        ax.plot(np.full(r.shape, x), r, ".", color="black", alpha=0.6)
-    if xs.min() > 0 and xs.max() > 10 * xs.min():
-        ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(f"{sum(len(r) for r in runs)} runs, {len(xs)} settings")
-    _save(figure, path)
-
-
-def _tick_label(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def plot_sweep_heatmap(grid_YX, x_values, y_values, path, xlabel: str, ylabel: str) -> None:
-    """Mean test accuracy over a 2-D grid of settings, the value written in each cell (NaN: no
-    run that did not diverge)."""
-    grid_YX = np.asarray(grid_YX, np.float64) * 100
-    figure = _new_figure(1.1 * len(x_values) + 2.5, 0.7 * len(y_values) + 1.8)
-    ax = figure.subplots()
-    image = ax.imshow(grid_YX, cmap="viridis", aspect="auto", interpolation="nearest")
-    for (i, j), value in np.ndenumerate(grid_YX):
-        text = f"{value:.2f}" if np.isfinite(value) else "n/a"
-        ax.text(j, i, text, ha="center", va="center", color="white", fontsize=8)
-    ax.set_xticks(range(len(x_values)), [_tick_label(v) for v in x_values])
-    ax.set_yticks(range(len(y_values)), [_tick_label(v) for v in y_values])
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title("mean test accuracy (%) over seeds")
-    figure.colorbar(image, ax=ax, shrink=0.8)
-    _save(figure, path)
-
-
-def plot_search_progress(accuracy_by_member: Sequence[float], path, title: str) -> None:
-    """A search's members in the order they were asked: each one's test accuracy (NaN: it
-    diverged) and the best so far, so a sampler that learns shows its later members higher."""
-    values = np.asarray(accuracy_by_member, np.float64) * 100
-    members = np.arange(1, len(values) + 1)
-    best = np.fmax.accumulate(values) if len(values) else values
-    figure = _new_figure(6.4, 4.0)
-    ax = figure.subplots()
-    ax.plot(members, values, ".", color="black", alpha=0.7, label="member")
-    ax.step(members, best, where="post", color="tab:blue", label="best so far")
-    ax.set_xlabel("member (in the order asked)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    _save(figure, path)
+    save(figure, path)

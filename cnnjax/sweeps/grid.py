@@ -1,5 +1,5 @@
 """A sweep's grid: config axes -> members' overrides, checked before anything runs; which
-members can share a program; the shards of a sweep.
+members can share a program, and how many fit in memory at once; the shards of a sweep.
 
 A sweep is a list of axes; an axis is a dict {dotted config field: list of values} whose lists
 are zipped (equal lengths); the members are the product of the axes, in order, e.g.
@@ -20,8 +20,10 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import os
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from cnnjax.sweeps import population
@@ -32,7 +34,9 @@ class SweepError(RunError):
     """A sweep that cannot start: the message names the field or file and the fix."""
 
 
-DEFAULTS = dict(layout="auto", max_members=0, memory_budget_mib=0)  # config.sweep's fields
+# config.sweep's fields; wait_minutes: how long a shard of a staged or tpe sweep waits for the
+# other shards to finish a stage
+DEFAULTS = dict(layout="auto", max_members=0, memory_budget_mib=0, wait_minutes=60)
 NOT_SWEPT = ("sweep",)  # config sections that describe the sweep itself
 
 
@@ -126,6 +130,46 @@ def program_key(config) -> str:
     for name in ("seed", *population.HYPER.values(), *NOT_SWEPT):
         settings.drop(plain, name)
     return json.dumps(plain, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------ programs in memory
+
+
+def available_bytes() -> int:
+    """Free memory of the default device: the accelerator's allocator limit minus what is in
+    use, or the host's available RAM on CPU."""
+    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def member_bytes(spec, config, steps_per_epoch: int, feed) -> int:
+    """Device memory one more member costs: its state (in and out of a step) plus the step's
+    temporaries, from XLA's memory analysis of a one-member program."""
+    images = feed.split[0]
+    pop = jax.eval_shape(lambda: population.init([config], spec, images.shape[1:], steps_per_epoch))
+    batch = feed.abstract_batch((1, config.train.batch_size))
+    step = population.make_step(spec, config, steps_per_epoch, "unroll", feed)
+    analysis = step.lower(pop, feed.resident, batch).compile().memory_analysis()
+    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(pop))
+    temp = analysis.temp_size_in_bytes if analysis is not None else 0
+    return int(2 * state_bytes + temp)
+
+
+def members_per_program(per_member: int, budget: int, cap: int = 0) -> int:
+    """How many members one program holds: as many as fit in `budget` bytes (at least one), at
+    most `cap` (0: no cap)."""
+    fit = max(1, budget // max(per_member, 1))
+    return int(min(fit, cap) if cap > 0 else fit)
+
+
+def chunks(items, size: int) -> list:
+    """items cut into consecutive lists of at most `size` (the last may be shorter)."""
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+# ------------------------------------------------------------------------------ shards
 
 
 def parse_shard(text: str) -> tuple[int, int]:

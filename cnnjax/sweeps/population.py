@@ -23,7 +23,7 @@ Legend: M members, S steps, B examples per step; every leaf of a Population has 
 from __future__ import annotations
 
 import functools
-import os
+import json
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import faults, parallel
-from cnnjax.output import jsonl, progress
+from cnnjax.output import events, jsonl, progress
 from cnnjax.training import checkpoints, settings, train
 
 LAYOUTS = ("vmap", "unroll", "map", "sequential")
@@ -142,49 +142,31 @@ def make_step(spec, config, steps_per_epoch: int, layout: str, feed):
     return jax.jit(step, donate_argnums=0)
 
 
+_STEPS: dict = {}  # (program, spec, steps, layout, feed) -> make_step's jitted step (LRU, 4)
+
+
+def shared_step(spec, config, steps_per_epoch: int, layout: str, feed):
+    """make_step's step, one per program in this process: the populations of a sweep that share
+    a program (and feed) reuse its compiled step instead of compiling it again. Members' HYPER
+    and seeds enter as traced numbers, so the program is the config without them."""
+    plain = config.to_dict()
+    for name in ("seed", *HYPER.values()):
+        settings.drop(plain, name)
+    key = (json.dumps(plain, sort_keys=True, default=str), spec, steps_per_epoch, layout, id(feed))
+    if key not in _STEPS:
+        while len(_STEPS) >= 4:
+            _STEPS.pop(next(iter(_STEPS)))
+        _STEPS[key] = make_step(spec, config, steps_per_epoch, layout, feed)
+    _STEPS[key] = _STEPS.pop(key)  # the most recently used goes last
+    return _STEPS[key]
+
+
 def epoch_indices(pop: Population, epoch: int, num_examples: int, batch_size: int):
     """idx_MSB: each member's own permutation for `epoch` (as its solo run draws it)."""
     one = functools.partial(
         train.epoch_indices, epoch=epoch, num_examples=num_examples, batch_size=batch_size
     )
     return jax.vmap(one)(pop.state)
-
-
-# ------------------------------------------------------------------------ fitting in memory
-
-
-def available_bytes() -> int:
-    """Free memory of the default device: the accelerator's allocator limit minus what is in
-    use, or the host's available RAM on CPU."""
-    stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
-def member_bytes(spec, config, steps_per_epoch: int, feed) -> int:
-    """Device memory one more member costs: its state (in and out of a step) plus the step's
-    temporaries, from XLA's memory analysis of a one-member program."""
-    images = feed.split[0]
-    pop = jax.eval_shape(lambda: init([config], spec, images.shape[1:], steps_per_epoch))
-    batch = feed.abstract_batch((1, config.train.batch_size))
-    step = make_step(spec, config, steps_per_epoch, "unroll", feed)
-    analysis = step.lower(pop, feed.resident, batch).compile().memory_analysis()
-    state_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(pop))
-    temp = analysis.temp_size_in_bytes if analysis is not None else 0
-    return int(2 * state_bytes + temp)
-
-
-def members_per_program(per_member: int, budget: int, cap: int = 0) -> int:
-    """How many members one program holds: as many as fit in `budget` bytes (at least one), at
-    most `cap` (0: no cap)."""
-    fit = max(1, budget // max(per_member, 1))
-    return int(min(fit, cap) if cap > 0 else fit)
-
-
-def chunks(items, size: int) -> list:
-    """items cut into consecutive lists of at most `size` (the last may be shorter)."""
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def stack_rows(metrics_SM: list[dict]) -> dict:
@@ -246,41 +228,49 @@ def fit(
     layout: str,
     resume: bool,
     label: str = "population",
+    epochs: tuple[int, int] | None = None,
+    start=None,
+    events_dir: Path | None = None,
+    hparams: dict[int, dict] | None = None,
 ) -> Population:
     """Train `configs` (one program: they differ only in HYPER and seed) as one population in
     `directory`: metrics.jsonl (a line per member per epoch, `member` = its index in `members`
     order) and checkpoints/<epochs done>/ of the whole population; resume=True continues
     from the last checkpoint. `feeds` = (train feed, test feed) (cnnjax.training.feed, e.g.
     run.make_feeds): the population is replicated on their mesh and each batch split over it.
-    Returns the final population."""
-    config, (train_feed, test_feed) = configs[0], feeds
+    `epochs` = (first, last): train from epoch `first` to `last` (default: 0 to
+    config.train.epochs; the schedules are always config.train.epochs long), starting from
+    start(template) (a Population after `first` epochs, in the template's members, shapes and
+    hyperparameters) where first > 0 and no checkpoint is there to resume. With `events_dir`,
+    each member's rows, step losses and HYPER numbers also go to TensorBoard in
+    events_dir/member-<m>/, `hparams[m]` (its swept fields) as its HParams session. Returns the
+    final population."""
+    config, (train_feed, test_feed, *validation) = configs[0], feeds
+    first, last = epochs or (0, config.train.epochs)
     mesh = train_feed.mesh
     settings.check(config, mesh)
-    images = train_feed.split[0]
-    steps = settings.steps_per_epoch(images.shape[0], config.train.batch_size)
-    pop = parallel.put_replicated(init(configs, spec, tuple(images.shape[1:]), steps), mesh)
+    steps = settings.steps_per_epoch(len(train_feed.split[1]), config.train.batch_size)
+    pop = template(configs, spec, train_feed)
     saved = checkpoints.manager(directory, config.train.checkpoints_kept)
     pop, epochs_done = checkpoints.restore(saved, pop) if resume else (pop, 0)
+    if epochs_done == 0 and first > 0:
+        pop, epochs_done = parallel.put_replicated(start(pop), mesh), first
     if resume:
         jsonl.truncate_after(directory / "metrics.jsonl", epochs_done * steps)
-    step = make_step(spec, config, steps, layout, train_feed)
-    with jsonl.MetricsWriter(directory / "metrics.jsonl") as writer:
-        for epoch in range(epochs_done, config.train.epochs):
+    step = shared_step(spec, config, steps, layout, train_feed)
+    mirror = None
+    if events_dir is not None and parallel.is_primary():
+        mirror = events.Members(events_dir, epochs_done * steps if resume else None, hparams)
+    with jsonl.MetricsWriter(directory / "metrics.jsonl", events=mirror) as writer:
+        for epoch in range(epochs_done, last):
             start = time.perf_counter()
             pop, seen = _epoch(pop, step, train_feed, epoch, config, label)
+            if mirror is not None:
+                mirror.epoch_steps(members, seen, jax.device_get(pop.hyper), epoch * steps)
             seconds = time.perf_counter() - start
-            tests = [
-                train.evaluate_fed(
-                    member(pop, k).state.params,
-                    test_feed,
-                    spec=spec,
-                    batch_size=config.train.eval_batch_size,
-                    dtype=config.train.compute_dtype,
-                    model_state=member(pop, k).state.model_state,
-                    flip=config.train.eval_flip,
-                )
-                for k in range(len(members))
-            ]
+            evaluate = functools.partial(_evaluate, pop=pop, spec=spec, config=config)
+            tests = [evaluate(test_feed, k) for k in range(len(members))]
+            held = [evaluate(validation[0], k) if validation else {} for k in range(len(members))]
             pop = judge(pop, [t["loss"] for t in tests], (epoch + 1) * steps, mesh)
             for k, index in enumerate(members):
                 writer.write(
@@ -292,6 +282,8 @@ def fit(
                     train_accuracy=np.mean(seen["accuracy"][:, k]),
                     test_loss=tests[k]["loss"],
                     test_accuracy=tests[k]["accuracy"],
+                    validation_loss=held[k].get("loss"),
+                    validation_accuracy=held[k].get("accuracy"),
                     diverged_at=int(pop.diverged_at[k]) or None,
                     seconds=seconds,
                 )
@@ -300,3 +292,57 @@ def fit(
             faults.point("population.checkpoint")
     saved.wait_until_finished()
     return pop
+
+
+def _evaluate(fed, k, *, pop, spec, config) -> dict:
+    """Member k's loss and accuracy on the examples of `fed` (a test or validation feed)."""
+    state = member(pop, k).state
+    return train.evaluate_fed(
+        state.params,
+        fed,
+        spec=spec,
+        batch_size=config.train.eval_batch_size,
+        dtype=config.train.compute_dtype,
+        model_state=state.model_state,
+        flip=config.train.eval_flip,
+    )
+
+
+def template(configs, spec, train_feed) -> Population:
+    """`configs`' initial population on the feed's mesh: the start of epoch 0, and the tree a
+    checkpoint of these members is restored into."""
+    images, labels = train_feed.split
+    steps = settings.steps_per_epoch(len(labels), configs[0].train.batch_size)
+    return parallel.put_replicated(
+        init(configs, spec, tuple(images.shape[1:]), steps), train_feed.mesh
+    )
+
+
+def load(directory: Path, template: Population, epochs_done: int) -> Population:
+    """The population checkpointed in `directory` after `epochs_done` epochs (its newest good
+    checkpoint), in `template`'s tree; a RuntimeError if that is not the one there."""
+    saved = checkpoints.manager(directory, 1)
+    pop, found = checkpoints.restore(saved, template)
+    if found != epochs_done:
+        raise RuntimeError(
+            f"{directory} holds no good checkpoint after {epochs_done} epochs (found {found})"
+        )
+    return pop
+
+
+def assemble(template: Population, parts: list[tuple[Population, int, Population, int]]):
+    """A population in `template`'s members and hyperparameters whose member k takes its state
+    from member j of population `src` and its keys (data order, augmentation, dropout) from
+    member i of population `own`, for parts[k] = (src, j, own, i): a member restarting from
+    its own state (src is own) or from another's (PBT's exploit)."""
+    states, diverged = [], []
+    for src, j, own, i in parts:
+        keys = member(own.state, i)
+        states.append(
+            member(src.state, j)._replace(
+                data_key=keys.data_key, aug_key=keys.aug_key, dropout_key=keys.dropout_key
+            )
+        )
+        diverged.append(src.diverged_at[j])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+    return Population(stacked, template.hyper, jnp.stack(diverged))

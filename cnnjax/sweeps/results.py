@@ -130,7 +130,7 @@ def write_report(directory: Path, results: list[dict], search: str | None = None
     """table.txt (settings_table) and, for one swept number, accuracy_vs_<field>.png (mean and
     min-max band over seeds), or for two, accuracy_heatmap.png; for a search (`search` names
     its sampler), search_progress.png instead of the heatmap. Returns the table."""
-    from cnnjax.output import plots  # matplotlib only where a report is drawn
+    from cnnjax.output import sweep_plots  # matplotlib only where a report is drawn
 
     summary = settings_summary(results)
     table = settings_table(summary)
@@ -141,7 +141,7 @@ def write_report(directory: Path, results: list[dict], search: str | None = None
         ordered = sorted(results, key=lambda r: r["member"])
         accuracy = [r["test_accuracy"] if r["diverged_at"] is None else np.nan for r in ordered]
         title = f"{search} search: {len(ordered)} members"
-        plots.plot_search_progress(accuracy, Path(directory) / "search_progress.png", title)
+        sweep_plots.plot_search_progress(accuracy, Path(directory) / "search_progress.png", title)
     numeric = all(isinstance(s["setting"][f], (int, float)) for s in summary for f in fields)
     if len(fields) == 1 and numeric:
         by_x: dict[float, list[float]] = {}
@@ -149,7 +149,7 @@ def write_report(directory: Path, results: list[dict], search: str | None = None
             if row["diverged_at"] is None:
                 by_x.setdefault(row["overrides"][fields[0]], []).append(row["test_accuracy"])
         name = fields[0].split(".")[-1]
-        plots.plot_sweep_line(by_x, Path(directory) / f"accuracy_vs_{name}.png", fields[0])
+        sweep_plots.plot_sweep_line(by_x, Path(directory) / f"accuracy_vs_{name}.png", fields[0])
     elif len(fields) == 2 and search is None:
         xs = list(dict.fromkeys(s["setting"][fields[0]] for s in summary))
         ys = list(dict.fromkeys(s["setting"][fields[1]] for s in summary))
@@ -158,5 +158,7 @@ def write_report(directory: Path, results: list[dict], search: str | None = None
             grid[ys.index(s["setting"][fields[1]]), xs.index(s["setting"][fields[0]])] = s[
                 "test_accuracy"
             ][0]
-        plots.plot_sweep_heatmap(grid, xs, ys, Path(directory) / "accuracy_heatmap.png", *fields)
+        sweep_plots.plot_sweep_heatmap(
+            grid, xs, ys, Path(directory) / "accuracy_heatmap.png", *fields
+        )
     return table

@@ -21,68 +21,72 @@ Determinism: round r is a function of (space, seed, r, the results of rounds < r
 study is rebuilt from those results and its sampler seeded with (seed, r), so an interrupted
 sweep that resumes asks exactly what the uninterrupted one asked, and sweep.fit refuses one
 whose sampler now asks otherwise (another Optuna version). The objective is the member's final
-test accuracy (maximised); a member that diverged counts as a failed trial.
+validation accuracy, or test accuracy where no validation split is held out (`objective`,
+maximised); a member that diverged counts as a failed trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 
 import numpy as np
 
-from cnnjax.sweeps import grid
+from cnnjax.sweeps import grid, population, space
+
+# The ranges, as a config names them (search.LogUniform, ...):
+from cnnjax.sweeps.space import RANGES, Choice, IntUniform, LogUniform, Uniform
 from cnnjax.training import RunError, settings
 
 SAMPLERS = ("random", "sobol", "halton", "tpe")
-OBJECTIVE = "test_accuracy"  # of a results row; maximised
+
+
+def objective(row: dict):
+    """What a search maximises, of a results row: the validation accuracy where the sweep holds
+    out a validation split (config.data.validation_examples > 0), else the test accuracy."""
+    held = row.get("validation_accuracy")
+    return row["test_accuracy"] if held is None else held
 
 
 @dataclasses.dataclass(frozen=True)
-class Uniform:
-    """A float drawn uniformly from [low, high]."""
+class Halving:
+    """Successive halving (Jamieson & Talwalkar, 2016; synchronous, as in Li et al., 2020):
+    every member trains `min_epochs` epochs; at each rung (min_epochs * eta**k epochs, below
+    config.train.epochs) the best 1/eta of the members still training (at least one) go on
+    and the others stop there. The learning-rate schedule is the full run's, so a survivor
+    trains exactly as its solo run of config.train.epochs would."""
 
-    low: float
-    high: float
-
-
-@dataclasses.dataclass(frozen=True)
-class LogUniform:
-    """A float whose log is uniform on [log low, log high] (0 < low): learning rates, decays."""
-
-    low: float
-    high: float
+    min_epochs: int = 1
+    eta: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
-class IntUniform:
-    """An integer from low to high, both included (log=True: uniform in log)."""
+class PBT:
+    """Population based training (Jaderberg et al., 2017), truncation selection: every
+    `interval` epochs, each member ranked in the bottom `fraction` takes the state of a member
+    of the top `fraction` drawn at random (weights, optimizer and network state; it keeps its
+    own data order) and explores: each swept field is drawn anew from its range with
+    probability `resample`, else multiplied by one of `perturb` (clipped to the range; a
+    choice moves to a neighbouring value). Swept fields must be population.HYPER's, the numbers
+    a member may change while it trains."""
 
-    low: int
-    high: int
-    log: bool = False
+    interval: int = 1
+    fraction: float = 0.25
+    perturb: tuple = (0.8, 1.25)
+    resample: float = 0.25
 
 
-@dataclasses.dataclass(frozen=True)
-class Choice:
-    """One of `values` (numbers, strings or booleans), each equally likely."""
-
-    values: tuple
-
-
-RANGES = {
-    "uniform": Uniform,
-    "log_uniform": LogUniform,
-    "int_uniform": IntUniform,
-    "choice": Choice,
-}
+SCHEDULES = {"halving": Halving, "pbt": PBT}
 
 
 @dataclasses.dataclass(frozen=True)
 class Search:
     """`members` members, their fields in `space` drawn by `sampler` from `seed`; with "tpe",
-    `round_size` members per round (the first `startup` members are drawn at random)."""
+    `round_size` members per round (the first `startup` members are drawn at random);
+    `schedule` (Halving or PBT, random and quasi-random samplers) trains them in stages
+    (cnnjax.sweeps.stages) instead of each to the end."""
 
     space: dict
     sampler: str = "random"
@@ -90,15 +94,20 @@ class Search:
     seed: int = 0
     round_size: int = 4
     startup: int = 8
+    schedule: Halving | PBT | None = None
 
     def to_json(self) -> dict:
-        """A plain dict (sweep.json keeps it; from_json reads it back)."""
-        space = {
+        """A plain dict of JSON's types (sweep.json keeps it, and a resume compares it with what
+        sweep.json holds; from_json reads it back)."""
+        ranges = {
             field: {"range": _range_name(r), **dataclasses.asdict(r)}
             for field, r in self.space.items()
         }
-        fields = dataclasses.asdict(self) | {"space": space}
-        return {"search": fields}
+        fields = dataclasses.asdict(self) | {"space": ranges}
+        if self.schedule is not None:
+            name = next(n for n, kind in SCHEDULES.items() if type(self.schedule) is kind)
+            fields["schedule"] = {name: dataclasses.asdict(self.schedule)}
+        return json.loads(json.dumps({"search": fields}))  # tuples (choices, factors) as lists
 
 
 def _range_name(r) -> str:
@@ -107,12 +116,17 @@ def _range_name(r) -> str:
 
 def from_json(description: dict) -> Search:
     fields = dict(description["search"])
-    space = {}
+    ranges = {}
     for field, r in fields.pop("space").items():
         r = dict(r)
         kind = RANGES[r.pop("range")]
-        space[field] = kind(**({"values": tuple(r["values"])} if kind is Choice else r))
-    return Search(space=space, **fields)
+        ranges[field] = kind(**({"values": tuple(r["values"])} if kind is Choice else r))
+    if fields.get("schedule") is not None:
+        ((name, given),) = fields.pop("schedule").items()
+        if "perturb" in given:
+            given = given | {"perturb": tuple(given["perturb"])}
+        fields["schedule"] = SCHEDULES[name](**given)
+    return Search(space=ranges, **fields)
 
 
 def is_search(sweep) -> bool:
@@ -132,15 +146,15 @@ def check(config, search) -> None:
         raise grid.SweepError(f"Search.sampler must be one of {SAMPLERS}, got {search.sampler!r}")
     for name, least in (("members", 1), ("round_size", 1), ("startup", 0), ("seed", 0)):
         value = getattr(search, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        if not _is_int(value) or value < least:
             raise grid.SweepError(f"Search.{name} must be an integer >= {least}, got {value!r}")
     if not isinstance(search.space, dict) or not search.space:
         raise grid.SweepError("Search.space must be a non-empty dict {config field: range}")
     known = settings.dotted_fields(config)
     for field, r in search.space.items():
         grid.check_field(field, known)
-        _check_range(field, r)
-        for value in _ends(r):
+        space.check_range(field, r)
+        for value in space.ends(r):
             try:
                 settings.check(grid.member_config(config, {field: value}))
             except (TypeError, ValueError, KeyError, RunError) as error:
@@ -148,36 +162,55 @@ def check(config, search) -> None:
                     f"the search space's {field} reaches {value!r}, which the config refuses: "
                     f"{error}"
                 ) from None
+    if search.schedule is not None:
+        _check_schedule(config, search)
 
 
-def _check_range(field: str, r) -> None:
-    where = f"the search space's {field}"
-    if isinstance(r, (Uniform, LogUniform)):
-        ends = (r.low, r.high)
-        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in ends):
-            raise grid.SweepError(f"{where} needs finite numbers low and high, got {r}")
-        if not r.low < r.high:
-            raise grid.SweepError(f"{where} needs low < high, got {r}")
-        if isinstance(r, LogUniform) and r.low <= 0:
-            raise grid.SweepError(f"{where} is log-uniform and needs 0 < low, got {r}")
-    elif isinstance(r, IntUniform):
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (r.low, r.high)):
-            raise grid.SweepError(f"{where} needs integers low and high, got {r}")
-        if not r.low <= r.high or (r.log and r.low < 1):
-            raise grid.SweepError(f"{where} needs low <= high (and 1 <= low with log), got {r}")
-    elif isinstance(r, Choice):
-        values = tuple(r.values)
-        if not values or len(set(map(repr, values))) != len(values):
-            raise grid.SweepError(f"{where} needs distinct values to choose from, got {r}")
-        if not all(isinstance(v, (int, float, str, bool)) for v in values):
-            raise grid.SweepError(f"{where} chooses among numbers, strings or booleans, got {r}")
-    else:
-        names = ", ".join(kind.__name__ for kind in RANGES.values())
-        raise grid.SweepError(f"{where} must be a range ({names}), got {r!r}")
+def _check_schedule(config, search) -> None:
+    schedule, epochs = search.schedule, config.train.epochs
+    if not isinstance(schedule, (Halving, PBT)):
+        raise grid.SweepError(
+            f"Search.schedule must be Halving(...), PBT(...) or None, got {schedule!r}"
+        )
+    name = type(schedule).__name__
+    if search.sampler == "tpe":
+        raise grid.SweepError(
+            f"a tpe search trains each round to the end; give {name} a random, sobol or "
+            "halton sampler"
+        )
+    every = "min_epochs" if isinstance(schedule, Halving) else "interval"
+    value = getattr(schedule, every)
+    if not _is_int(value) or not 1 <= value < epochs:
+        raise grid.SweepError(
+            f"{name}.{every} must be an integer from 1 to config.train.epochs - 1 "
+            f"({epochs - 1}), got {value!r}"
+        )
+    if isinstance(schedule, Halving):
+        if not _is_int(schedule.eta) or schedule.eta < 2:
+            raise grid.SweepError(f"Halving.eta must be an integer >= 2, got {schedule.eta!r}")
+        return
+    if not isinstance(schedule.fraction, (int, float)) or not 0 < schedule.fraction <= 0.5:
+        raise grid.SweepError(f"PBT.fraction must be in (0, 0.5], got {schedule.fraction!r}")
+    if not isinstance(schedule.resample, (int, float)) or not 0 <= schedule.resample <= 1:
+        raise grid.SweepError(f"PBT.resample must be in [0, 1], got {schedule.resample!r}")
+    factors = schedule.perturb
+    if (
+        not isinstance(factors, tuple)
+        or not factors
+        or not all(isinstance(f, (int, float)) and 0 < f < math.inf for f in factors)
+    ):
+        raise grid.SweepError(f"PBT.perturb must be a tuple of positive factors, got {factors!r}")
+    hyper = set(population.HYPER.values())
+    for field in search.space:
+        if field not in hyper:
+            raise grid.SweepError(
+                f"PBT changes the swept fields while members train, which {field} cannot; "
+                f"sweep only {sorted(hyper)}"
+            )
 
 
-def _ends(r) -> tuple:
-    return tuple(r.values) if isinstance(r, Choice) else (r.low, r.high)
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # ------------------------------------------------------------------------------- asking
@@ -255,32 +288,17 @@ def _quasi_random(search: Search, r: int) -> list[dict]:
         points = engine.random(len(rounds(search)[r]))
     return [
         {
-            field: _from_unit(rg, float(u))
+            field: space.from_unit(rg, float(u))
             for (field, rg), u in zip(search.space.items(), p, strict=True)
         }
         for p in points
     ]
 
 
-def _from_unit(r, u: float):
-    """u in [0, 1) onto range r: linearly, in log, or onto equal shares of the integers or
-    choices."""
-    if isinstance(r, Uniform):
-        return r.low + u * (r.high - r.low)
-    if isinstance(r, LogUniform):
-        return math.exp(math.log(r.low) + u * (math.log(r.high) - math.log(r.low)))
-    if isinstance(r, IntUniform) and r.log:
-        value = math.exp(math.log(r.low) + u * (math.log(r.high + 1) - math.log(r.low)))
-        return min(max(int(value), r.low), r.high)
-    if isinstance(r, IntUniform):
-        return min(r.low + int(u * (r.high - r.low + 1)), r.high)
-    return r.values[min(int(u * len(r.values)), len(r.values) - 1)]
-
-
 def _outcome(optuna, row):
-    if row is None or row["diverged_at"] is not None or not math.isfinite(row[OBJECTIVE]):
+    if row is None or row["diverged_at"] is not None or not math.isfinite(objective(row)):
         return optuna.trial.TrialState.FAIL, None
-    return optuna.trial.TrialState.COMPLETE, float(row[OBJECTIVE])
+    return optuna.trial.TrialState.COMPLETE, float(objective(row))
 
 
 def _plain(value):

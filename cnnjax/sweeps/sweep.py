@@ -1,28 +1,38 @@
-"""Running a sweep (cnnjax.sweeps.grid has a grid's members, cnnjax.sweeps.search a search's,
-asked in rounds): populations (one program each) in memory-sized chunks, a results row per
-finished member, the table over settings; and merging the results of a sweep's shards.
+"""Running a sweep, stage by stage (cnnjax.sweeps.stages: one stage for a grid or a one-shot
+search, a round each for TPE, a rung each for halving, an interval each for PBT): each stage's
+members in populations (one program each, memory-sized chunks), a results row per member as it
+ends, the table over settings. cnnjax.sweeps.merging assembles a sharded sweep's results.
 
-A sweep directory holds sweep.json (the base config, the axes or search, the shard), plan.json
-(members per population, a round's appended as it starts), asked.json for a search (the
-members asked so far), populations/<p>/ (population.fit's metrics and checkpoints) and
-results.jsonl (a line per finished member, rewritten whole after each population, so that a
-killed sweep never leaves a member there twice or half a row; cnnjax.sweeps.results); `merge`
-assembles the shards' results.
+A sweep directory holds sweep.json (the base config, the axes or search, the shard),
+stages.json (each stage's epochs, members, overrides and sources, appended as it is planned),
+plan.json (each stage's populations, appended as it starts), populations/<p>/ (population.fit's
+metrics and checkpoints), stages/<s>.json (the rows of the shard's members at the end of stage
+s; the other shards of a staged or tpe sweep wait for it) and results.jsonl (a line per member
+that has ended, rewritten whole, so that a killed sweep never leaves a member there twice or
+half a row; cnnjax.sweeps.results).
 """
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import jax
-import ml_collections
 
 from cnnjax import faults, parallel
-from cnnjax.output import jsonl
-from cnnjax.sweeps import grid, population, results, search
+from cnnjax.output import events, jsonl
+from cnnjax.sweeps import grid, population, results, search, stages
 from cnnjax.sweeps.grid import SweepError
 from cnnjax.training import RunError, checkpoints, data, run, settings, workdir
+
+METRICS = (
+    "epoch/test_accuracy",
+    "epoch/test_loss",
+    "epoch/validation_accuracy",
+    "epoch/train_loss",
+)
 
 
 def _start(directory: Path, description: dict, configs: dict, mesh, resume: bool) -> None:
@@ -57,16 +67,16 @@ def plan(configs: dict, loaded: dict, options: dict) -> list[list[int]]:
         groups.setdefault(grid.program_key(config), []).append(index)
     if population.resolve_layout(options["layout"]) == "sequential":
         return [[m] for members in groups.values() for m in members]
-    budget = options["memory_budget_mib"] * 2**20 or population.available_bytes() // 2
+    budget = options["memory_budget_mib"] * 2**20 or grid.available_bytes() // 2
     populations = []
     for members in groups.values():
         config = configs[members[0]]
         train_feed = loaded[_data_key(config)][0]
         steps = len(train_feed.split[1]) // config.train.batch_size
         spec = settings.spec(config)
-        per_member = population.member_bytes(spec, config, steps, train_feed)
-        size = population.members_per_program(per_member, budget, options["max_members"])
-        populations += population.chunks(members, size)
+        per_member = grid.member_bytes(spec, config, steps, train_feed)
+        size = grid.members_per_program(per_member, budget, options["max_members"])
+        populations += grid.chunks(members, size)
     return populations
 
 
@@ -84,66 +94,65 @@ def _load(configs: dict, mesh, loaded: dict) -> dict:
     return loaded
 
 
-def _planned(directory: Path, mine: list[int], configs: dict, loaded: dict, options: dict):
-    """[(p, members)]: the populations of `mine` (a round's members in this shard) and their
-    places in plan.json, which holds every population planned so far. A round is planned (and
-    appended to plan.json) when it first starts, so a resumed sweep keeps its populations
-    whatever memory is free now."""
+def _planned(directory: Path, s: int, mine: list[int], configs, loaded, options):
+    """[(p, members)]: the populations of stage s's members in this shard (`mine`) and their
+    places p in plan.json, which holds every stage's populations planned so far (a list per
+    stage; p counts across stages). A stage is planned (and appended to plan.json) when it
+    first starts, so a resumed sweep keeps its populations whatever memory is free now."""
     path = directory / "plan.json"
-    populations = json.loads(path.read_text()) if path.exists() else []
-    ours = [(p, members) for p, members in enumerate(populations) if set(members) & set(mine)]
-    if ours:
+    stages_planned = json.loads(path.read_text()) if path.exists() else []
+    if stages_planned and isinstance(stages_planned[0][0], int):  # one stage, unnested
+        stages_planned = [stages_planned]
+    offset = sum(len(populations) for populations in stages_planned[:s])
+    if s < len(stages_planned):
+        ours = list(enumerate(stages_planned[s], start=offset))
         if sorted(m for _, members in ours for m in members) != sorted(mine):
             raise SweepError(
-                f"{path} plans other members than this round's {mine}; "
+                f"{path} plans other members than stage {s}'s {mine}; "
                 "it is not this sweep's: move the directory away and start again"
             )
         return ours
-    if not mine:
-        return []
-    added = plan(configs, loaded, options)
-    jsonl.write_json(path, populations + added)
-    return list(enumerate(added, start=len(populations)))
+    added = plan(configs, loaded, options) if mine else []
+    jsonl.write_json(path, [*stages_planned, added])
+    return list(enumerate(added, start=offset))
 
 
-def _record_asked(directory: Path, overrides: dict[int, dict]) -> None:
-    """asked.json: the members a search has asked so far ({member: overrides}). A resumed
-    search asks again and must get the same: else its sampler is not the one that started it
-    (another Optuna version), and going on would mix two searches."""
-    path = directory / "asked.json"
-    recorded = {int(m): o for m, o in json.loads(path.read_text()).items()} if path.exists() else {}
-    for m, before in recorded.items():
-        if m in overrides and json.dumps(overrides[m]) != json.dumps(before):
-            raise SweepError(
-                f"the search now asks {overrides[m]} for member {m}, where {path} records "
-                f"{before}: resume with the versions it started with (its config.json's "
-                "environment), or start a new --workdir"
-            )
-    if set(overrides) - set(recorded):
-        jsonl.write_json(path, {str(m): overrides[m] for m in sorted(overrides)})
-        faults.point("search.asked")
+def _record(directory: Path, s: int, stage: stages.Stage) -> None:
+    """stages.json: every stage planned so far (its epochs, members, overrides and sources). A
+    resumed sweep plans each again and must get the same: else its sampler or ranking is not
+    the one that started it (another Optuna or NumPy), and going on would mix two sweeps."""
+    path = directory / "stages.json"
+    recorded = json.loads(path.read_text()) if path.exists() else []
+    planned = json.loads(json.dumps(stage.to_json()))
+    if s < len(recorded):
+        for m, now in planned["members"].items():
+            before = recorded[s]["members"].get(m)
+            if before != now:
+                raise SweepError(
+                    f"stage {s} now plans {now} for member {m}, where {path} records "
+                    f"{before}: resume with the versions it started with (its config.json's "
+                    "environment), or start a new --workdir"
+                )
+        return
+    jsonl.write_json(path, [*recorded, planned])
+    faults.point("sweep.stage")
 
 
 def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[dict]:
     """Run this shard's members of `sweep` (grid axes or a search.Search) over `config` in
-    sweep_dir (see the module docstring); returns its results rows (a dict per member). With
-    one shard, also writes the table and plot (results.write_report)."""
+    sweep_dir (see the module docstring), stage by stage (cnnjax.sweeps.stages); returns its
+    results rows (a dict per member). With one shard, also writes the table and plot
+    (results.write_report)."""
     searching = search.is_search(sweep)  # every error about the sweep comes before any work
     if searching:
         search.check(config, sweep)
-        if sweep.sampler == "tpe" and shard[1] > 1:
-            raise SweepError(
-                "a tpe search runs as one shard (each round learns from every member before "
-                "it); shard a random, sobol or halton search instead"
-            )
-        described, rounds, overrides = sweep.to_json(), search.rounds(sweep), {}
-        overrides.update(zip(rounds[0], search.ask(sweep, 0, []), strict=True))
+        described, total, members = sweep.to_json(), sweep.members, sweep
     else:
-        overrides = dict(enumerate(grid.expand(config, sweep)))
-        described, rounds = sweep, [list(overrides)]
+        members = grid.expand(config, sweep)
+        described, total = sweep, len(members)
     options = grid.sweep_settings(config)
     layout = population.resolve_layout(options["layout"])
-    ours = grid.shard_members(sum(map(len, rounds)), shard)
+    ours = grid.shard_members(total, shard)
     mesh = parallel.make_mesh(jax.local_devices())  # one process; across hosts, use --shard
     directory = grid.shard_dir(sweep_dir, shard)
     description = dict(
@@ -153,35 +162,56 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
         config=json.loads(config.to_json_best_effort()),
         axes=described,
     )
-    configs = {m: grid.member_config(config, overrides[m]) for m in rounds[0] if m in ours}
-    _start(directory, description, configs, mesh, resume)
+    epochs, count = config.train.epochs, stages.count(members, config.train.epochs)
+    staged = searching and sweep.schedule is not None  # members may end before the last stage
+    pbt = staged and isinstance(sweep.schedule, search.PBT)
+    stage = stages.plan(members, epochs, 0, [])
+    configs = {m: grid.member_config(config, stage.overrides[m]) for m in stage.members}
+    _start(directory, description, {m: c for m, c in configs.items() if m in ours}, mesh, resume)
+    if parallel.is_primary():  # the HParams dashboard's columns
+        summary = events.Events(directory / "tensorboard")
+        summary.experiment(stage.overrides[stage.members[0]], METRICS)
+        summary.close()
     results_path = directory / "results.jsonl"
     done = _finished(results_path, ours)
-    loaded, planned = {}, []
-    for r, members_r in enumerate(rounds):
-        if searching and r > 0:  # what the rounds before it found
-            told = [(overrides[m], done.get(m)) for m in sorted(overrides)]
-            overrides.update(zip(members_r, search.ask(sweep, r, told), strict=True))
-        if searching:
-            _record_asked(directory, overrides)
-        mine = [m for m in members_r if m in ours]
-        configs = {m: grid.member_config(config, overrides[m]) for m in mine}
-        for member in configs.values() if r > 0 else ():  # round 0's: checked by _start
+    loaded, history, recorded, order = {}, [], [], []
+    for s in range(count):
+        _record(directory, s, stage)
+        recorded.append(stage)
+        mine = [m for m in stage.members if m in ours]
+        configs = {m: grid.member_config(config, stage.overrides[m]) for m in mine}
+        for member in configs.values() if s > 0 else ():  # stage 0's: checked by _start
             settings.check(member, mesh)
         loaded = _load(configs, mesh, loaded)
-        populations = _planned(directory, mine, configs, loaded, options)
-        planned += [members for _, members in populations]
-        for p, members in populations:
-            if all(m in done for m in members):
-                continue
-            label = f"population {p + 1}/{len(planned)} ({len(members)} members)"
-            if len(rounds) > 1:
-                label = f"round {r + 1}/{len(rounds)} {label}"
-            args = (members, configs, overrides, loaded, directory, layout, resume, label)
-            rows = _fit_population(p, *args)
-            done.update((row["member"], row) for row in rows)
-            results.write_rows(results_path, [done[m] for m in _in_order(planned) if m in done])
-    finished = [done[m] for m in _in_order(planned)]
+        populations = _planned(directory, s, mine, configs, loaded, options)
+        at = directory / "stages" / f"{s}.json"
+        rows = {int(m): r for m, r in json.loads(at.read_text()).items()} if at.exists() else {}
+        for p, members_p in populations if not at.exists() else ():
+            label = f"population {p + 1} ({len(members_p)} members)"
+            if count > 1:
+                label = f"stage {s + 1}/{count} {label}"
+            place = (p, members_p, directory.relative_to(Path(sweep_dir)))
+            new = _fit_population(place, stage, configs, loaded, directory, layout, resume, label,
+                                  sweep_dir, history)  # fmt: skip
+            rows.update(new)
+            if not staged:  # a member's row is its result as soon as it is trained
+                done.update({m: _result(row, recorded, m, pbt) for m, row in new.items()})
+                order += [m for m in members_p if m not in order]
+                results.write_rows(results_path, [done[m] for m in _in_order(order, done)])
+        if not at.exists():
+            at.parent.mkdir(exist_ok=True)
+            jsonl.write_json(at, {str(m): rows[m] for m in sorted(rows)})
+        if s + 1 < count:  # the next stage depends on this one's rows, every shard's
+            history.append(_every_shard(sweep_dir, shard, s, stage, rows, options))
+        following = stages.plan(members, epochs, s + 1, history) if s + 1 < count else None
+        ending = [m for m in mine if following is None or m not in following.members]
+        for m in ending:
+            done[m] = _result(rows[m], recorded, m, pbt)
+            order += [m] if m not in order else []
+        if staged and ending:
+            results.write_rows(results_path, [done[m] for m in _in_order(order, done)])
+        stage = following
+    finished = [done[m] for m in _in_order(order, done)]
     if resume:  # rewritten whole even when nothing was left to run: an older version's repeats go
         results.write_rows(results_path, finished)
     if shard[1] == 1:
@@ -189,8 +219,44 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
     return finished
 
 
-def _in_order(populations: list[list[int]]) -> list[int]:
-    return [m for members in populations for m in members]
+def _in_order(order: list[int], done: dict) -> list[int]:
+    return [m for m in order if m in done]
+
+
+def _result(row: dict, recorded: list, member: int, pbt: bool) -> dict:
+    """A member's results row: its row at the stage it ended (and a PBT member's lineage)."""
+    row = {k: v for k, v in row.items() if k not in ("index", "directory")}
+    return row | {"lineage": stages.lineage(recorded, member)} if pbt else row
+
+
+def _every_shard(sweep_dir, shard, s: int, stage, mine: dict, options) -> dict[int, dict]:
+    """Stage s's rows of every shard's members: this shard's, and each other's once its
+    stages/<s>.json appears (shards share the sweep directory's file system), waiting up to
+    config.sweep.wait_minutes for it."""
+    rows = dict(mine)
+    i, n = shard
+    deadline = time.monotonic() + 60 * options["wait_minutes"]
+    for j in (j for j in range(n) if j != i):
+        path = grid.shard_dir(sweep_dir, (j, n)) / "stages" / f"{s}.json"
+        told = False
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise SweepError(
+                    f"shard {j}/{n} has not finished stage {s} ({path}) within "
+                    f"config.sweep.wait_minutes={options['wait_minutes']}: start it (the "
+                    "shards of a staged or tpe sweep run at once), then rerun this with --resume"
+                )
+            if not told:
+                print(f"waiting for shard {j}/{n} to finish stage {s} ({path})", file=sys.stderr)
+                told = True
+            time.sleep(2.0)
+        rows.update({int(m): r for m, r in json.loads(path.read_text()).items()})
+    if sorted(rows) != sorted(stage.members):
+        raise SweepError(
+            f"stage {s}'s rows in the shards of {sweep_dir} are for members {sorted(rows)}, not "
+            f"the stage's {stage.members}: a shard is from another sweep"
+        )
+    return rows
 
 
 def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
@@ -207,99 +273,72 @@ def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
     return rows
 
 
-def _fit_population(p, members, configs, overrides, loaded, directory, layout, resume, label):
+def _fit_population(place, stage, configs, loaded, directory, layout, resume, label, sweep_dir,
+                    history):  # fmt: skip
+    """Train population p (place = (p, its members, the shard directory relative to
+    sweep_dir)) over stage's epochs, each member starting from its source's state at the
+    stage's first epoch (history[-1]'s rows say where that was checkpointed); returns
+    {member: its row at the stage's end}."""
+    p, members, shard_path = place
     configs_p = [configs[m] for m in members]
     first = configs_p[0]
     feeds = loaded[_data_key(first)]
+    spec = settings.spec(first)
     pdir = directory / "populations" / str(p)
+
+    def start(template):  # the members' states after stage.epochs[0] epochs
+        found: dict[str, population.Population] = {}
+
+        def at(m):
+            row = history[-1][m]
+            if row["directory"] not in found:
+                size = row["members_in_population"]
+                source = population.template([first] * size, spec, feeds[0])
+                found[row["directory"]] = population.load(
+                    Path(sweep_dir) / row["directory"], source, stage.epochs[0]
+                )
+            return found[row["directory"]], row["index"]
+
+        parts = [(*at(stage.sources.get(m, m)), *at(m)) for m in members]
+        return population.assemble(template, parts)
+
     pop = population.fit(
         configs_p,
         members,
         pdir,
-        settings.spec(first),
+        spec,
         feeds,
         layout=layout,
         resume=resume and pdir.exists(),
         label=label,
+        epochs=stage.epochs,
+        start=start,
+        events_dir=directory / "tensorboard",
+        hparams={m: stage.overrides[m] for m in members} if stage.epochs[0] == 0 else None,
     )
     epochs = jsonl.read_metrics(pdir / "metrics.jsonl", "epoch")
-    last = {r["member"]: r for r in epochs if r["epoch"] == first.train.epochs}
+    last = {r["member"]: r for r in epochs if r["epoch"] == stage.epochs[1]}
     seconds = sum(r["seconds"] for r in epochs if r["member"] == members[0])
-    rows = []
+    rows = {}
     for k, m in enumerate(members):
         end = last[m]
-        rows.append(
-            dict(
-                kind="member",
-                step=end["step"],
-                member=m,
-                overrides=overrides[m],
-                population=p,
-                members_in_population=len(members),
-                test_accuracy=end["test_accuracy"],
-                test_loss=end["test_loss"],
-                train_loss=end["train_loss"],
-                diverged_at=int(pop.diverged_at[k]) or None,
-                population_seconds=seconds,
-                params_hash=checkpoints.params_hash(population.member(pop, k).state.params),
-            )
+        rows[m] = dict(
+            kind="member",
+            step=end["step"],
+            member=m,
+            overrides=stage.overrides[m],
+            epochs=stage.epochs[1],
+            population=p,
+            members_in_population=len(members),
+            test_accuracy=end["test_accuracy"],
+            test_loss=end["test_loss"],
+            validation_accuracy=end.get("validation_accuracy"),
+            validation_loss=end.get("validation_loss"),
+            train_loss=end["train_loss"],
+            diverged_at=int(pop.diverged_at[k]) or None,
+            population_seconds=seconds,
+            params_hash=checkpoints.params_hash(population.member(pop, k).state.params),
+            directory=str(shard_path / "populations" / str(p)),
+            index=k,
         )
     return rows
-
-
-# ------------------------------------------------------------------------------ merging
-
-
-def merge(sweep_dir) -> list[dict]:
-    """Assemble the results of DIR/shard-*-of-n into DIR/results.jsonl, table and plot; an
-    error names any shard that is missing, unfinished or from another sweep."""
-    sweep_dir = Path(sweep_dir)
-    shards = sorted(sweep_dir.glob("shard-*-of-*"))
-    if not shards:
-        raise SweepError(f"{sweep_dir} has no shard-i-of-n directories to merge")
-    counts = {int(p.name.split("-")[-1]) for p in shards}
-    if len(counts) != 1:
-        raise SweepError(f"{sweep_dir} mixes shard counts {sorted(counts)}; keep one sweep per DIR")
-    n = counts.pop()
-    descriptions = {}
-    for i in range(n):
-        path = grid.shard_dir(sweep_dir, (i, n)) / "sweep.json"
-        if not path.exists():
-            raise SweepError(f"shard {i}/{n} has not started: run it with --shard {i}/{n}")
-        descriptions[i] = json.loads(path.read_text())
-    if len({d["fingerprint"] for d in descriptions.values()}) != 1:
-        raise SweepError(f"the shards in {sweep_dir} come from different sweeps (config or axes)")
-    axes = descriptions[0]["axes"]
-    found = search.from_json(axes) if search.is_search(axes) else None
-    if found is not None:
-        total, sampler = found.members, found.sampler
-    else:
-        total, sampler = (
-            len(grid.expand(ml_collections.ConfigDict(descriptions[0]["config"]), axes)),
-            None,
-        )
-    merged = []
-    for i in range(n):
-        path = grid.shard_dir(sweep_dir, (i, n)) / "results.jsonl"
-        rows, conflicts = results.by_member(results.read_rows(path))
-        if conflicts:
-            raise SweepError(
-                f"{path} holds different rows for members {conflicts}; "
-                f"repair it with --shard {i}/{n} --resume"
-            )
-        expected = grid.shard_members(total, (i, n))
-        if set(rows) - set(expected):
-            raise SweepError(
-                f"{path} holds members {sorted(set(rows) - set(expected))}, which are not "
-                f"shard {i}/{n}'s; move the file away and rerun the shard with --resume"
-            )
-        if len(rows) != len(expected):
-            raise SweepError(
-                f"shard {i}/{n} has finished {len(rows)} of its {len(expected)} members; "
-                f"continue it with --shard {i}/{n} --resume"
-            )
-        merged += rows.values()
-    merged.sort(key=lambda r: r["member"])
-    results.write_rows(sweep_dir / "results.jsonl", merged)
-    results.write_report(sweep_dir, merged, search=sampler)
-    return merged

@@ -32,8 +32,10 @@ from cnnjax.training import RunError, checkpoints, data, feed, idx, settings, tr
 
 
 def load_splits(config):
-    """((train images, labels), (test images, labels)) as host arrays: uint8 images; the first
-    config.data.train_examples training examples only, if that is > 0."""
+    """[(train images, labels), (test images, labels)] as host arrays (uint8 images), and a
+    third, (validation images, labels), if config.data.validation_examples = V > 0: the last V
+    examples of the training split, held out (the same ones whatever the seed). Training uses
+    the examples before them, only the first config.data.train_examples if that is > 0."""
     splits = []
     for split in ("train", "test"):
         images, labels = data.load(
@@ -42,12 +44,19 @@ def load_splits(config):
             source_dir=config.data.source_dir or None,
             data_dir=config.data.tfds_dir or None,
         )
-        if split == "train" and config.data.train_examples > 0:
-            images, labels = (
-                images[: config.data.train_examples],
-                labels[: config.data.train_examples],
-            )
         splits.append((images, labels))
+    (images, labels), held = splits[0], config.data.validation_examples
+    if held >= len(labels):
+        raise RunError(
+            f"config.data.validation_examples={held} leaves no training examples of the "
+            f"{len(labels):,} in {config.data.name}'s training split; hold out fewer"
+        )
+    if held > 0:
+        splits.append((images[-held:], labels[-held:]))
+        images, labels = images[:-held], labels[:-held]
+    if config.data.train_examples > 0:
+        images, labels = images[: config.data.train_examples], labels[: config.data.train_examples]
+    splits[0] = (images, labels)
     return splits
 
 
@@ -78,7 +87,7 @@ def setup(config, mesh=None) -> Setup:
     settings.check(config)
     spec = settings.spec(config)
     mesh = parallel.make_mesh() if mesh is None else mesh
-    train_feed, test_feed = make_feeds(config, load_splits(config), mesh)
+    train_feed, test_feed, *_ = make_feeds(config, load_splits(config), mesh)  # runs: no validation
     images = train_feed.split[0]
     steps_per_epoch = settings.steps_per_epoch(images.shape[0], config.train.batch_size)
     optimizer = train.make_optimizer(config.optim, steps_per_epoch, config.train.epochs)

@@ -29,6 +29,7 @@ RANGES = {  # every numeric field a run reads
     "data.shift": Range("integer", 0),
     "data.erase": Range("number", 0, 1),
     "data.train_examples": Range("integer", 0),  # 0: all of them
+    "data.validation_examples": Range("integer", 0),  # 0: none held out
     "optim.learning_rate": Range("number", 0),
     "optim.momentum": Range("number", 0, 1),
     "optim.weight_decay": Range("number", 0),

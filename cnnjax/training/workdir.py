@@ -19,7 +19,7 @@ from pathlib import Path
 import ml_collections
 
 from cnnjax import parallel, runtime
-from cnnjax.output import jsonl
+from cnnjax.output import events, jsonl
 from cnnjax.training import RunError
 
 ENVIRONMENT = "environment"  # the record's account of what it ran on: runtime.environment()
@@ -140,9 +140,11 @@ def load_config(workdir) -> ml_collections.ConfigDict:
 
 def metrics_writer(workdir, resume_step: int | None) -> jsonl.MetricsWriter:
     """Process 0's writer of workdir/metrics.jsonl, after dropping the rows past resume_step
-    (what a killed run logged after its checkpoint); elsewhere a writer to /dev/null."""
+    (what a killed run logged after its checkpoint), each row mirrored to TensorBoard in
+    workdir/tensorboard/ (cnnjax.output.events); elsewhere a writer to /dev/null."""
     if not parallel.is_primary():
         return jsonl.MetricsWriter(os.devnull)
     if resume_step is not None:
         jsonl.truncate_after(Path(workdir) / "metrics.jsonl", resume_step)
-    return jsonl.MetricsWriter(Path(workdir) / "metrics.jsonl")
+    mirror = events.Events(Path(workdir) / "tensorboard", resume_step)
+    return jsonl.MetricsWriter(Path(workdir) / "metrics.jsonl", events=mirror)

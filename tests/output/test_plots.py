@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from cnnjax.output import plots, tables
+from cnnjax.output import plots, sweep_plots, tables
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -69,13 +69,13 @@ def test_moving_mean_skips_nans_and_shortens_the_first_windows():
 def drawn(monkeypatch):
     """The figures the plots draw, captured as they are saved (the PNG is still written)."""
     figures = []
-    real_save = plots._save
+    real_save = plots.save
 
     def capture(figure, path):
         figures.append(figure)
         real_save(figure, path)
 
-    monkeypatch.setattr(plots, "_save", capture)
+    monkeypatch.setattr(plots, "save", capture)
     return figures
 
 
@@ -185,7 +185,7 @@ def test_plot_confusion_draws_row_fractions_counts_and_accuracies(drawn, tmp_pat
 
 def test_plot_sweep_line_draws_the_mean_band_and_every_seed(drawn, tmp_path):
     accuracy_by_x = {0.1: [0.90, 0.94], 0.01: [0.80, 0.86, 0.83], 1.0: [0.5]}
-    plots.plot_sweep_line(accuracy_by_x, tmp_path / "line.png", "optim.learning_rate")
+    sweep_plots.plot_sweep_line(accuracy_by_x, tmp_path / "line.png", "optim.learning_rate")
     _png(tmp_path / "line.png")
     ax = drawn[0].axes[0]
     mean = _line(ax, "mean over seeds")
@@ -201,7 +201,9 @@ def test_plot_sweep_line_draws_the_mean_band_and_every_seed(drawn, tmp_path):
 
 def test_plot_sweep_heatmap_draws_percentages_and_marks_missing_cells(drawn, tmp_path):
     grid_YX = np.array([[0.9, 0.8, np.nan], [0.7, 0.95, 0.6]])
-    plots.plot_sweep_heatmap(grid_YX, [0.01, 0.1, 1.0], [0, 1], tmp_path / "h.png", "lr", "seed")
+    sweep_plots.plot_sweep_heatmap(
+        grid_YX, [0.01, 0.1, 1.0], [0, 1], tmp_path / "h.png", "lr", "seed"
+    )
     _png(tmp_path / "h.png")
     ax = drawn[0].axes[0]
     np.testing.assert_allclose(ax.images[0].get_array(), grid_YX * 100)

@@ -92,9 +92,9 @@ def test_a_finished_run_reports_named_rows_and_curves_that_name_the_smoothing(
     from cnnjax.training import analysis, data, run
     from tests.builders import config_for
 
-    figures, real_save = [], plots._save
+    figures, real_save = [], plots.save
     monkeypatch.setattr(
-        plots, "_save", lambda figure, path: (figures.append(figure), real_save(figure, path))
+        plots, "save", lambda figure, path: (figures.append(figure), real_save(figure, path))
     )
     run.fit(config_for(dataset, epochs=1, label_smoothing=0.25), tmp_path / "run")
     (curves,) = [f for f in figures if f.axes[0].get_ylabel() == "loss"]

@@ -8,7 +8,7 @@ import pytest
 
 from cnnjax import parallel
 from cnnjax.output import jsonl
-from cnnjax.sweeps import population
+from cnnjax.sweeps import grid, population
 from cnnjax.training import settings, train
 from tests.builders import (
     MEMBER_ATOL,
@@ -91,15 +91,15 @@ def test_layout_names():
 def test_memory_sizing():
     images, labels = synthetic(n=64)
     config = member_configs()[0]
-    per_member = population.member_bytes(SMALL_SPEC, config, 4, one_device_feed(images, labels))
+    per_member = grid.member_bytes(SMALL_SPEC, config, 4, one_device_feed(images, labels))
     params = population.init([config], SMALL_SPEC, images.shape[1:], 4).state.params
     state_bytes = 4 * sum(leaf.size for leaf in jax.tree.leaves(params))
     assert per_member > 2 * state_bytes  # the params alone, in and out, are a lower bound
-    assert population.members_per_program(per_member, 10 * per_member) == 10
-    assert population.members_per_program(per_member, 10 * per_member, cap=4) == 4
-    assert population.members_per_program(per_member, per_member // 2) == 1
-    assert population.chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert population.available_bytes() > 0
+    assert grid.members_per_program(per_member, 10 * per_member) == 10
+    assert grid.members_per_program(per_member, 10 * per_member, cap=4) == 4
+    assert grid.members_per_program(per_member, per_member // 2) == 1
+    assert grid.chunks(list(range(7)), 3) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert grid.available_bytes() > 0
 
 
 def test_momentum_zero_keeps_plain_sgd_numbers():

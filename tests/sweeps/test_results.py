@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cnnjax.output import plots
+from cnnjax.output import sweep_plots
 from cnnjax.sweeps import results
 
 
@@ -124,7 +124,7 @@ def sweep_plot_calls(monkeypatch):
     """The calls write_report makes to the sweep plots: (plot name, its arguments)."""
     calls = []
     for name in ("plot_sweep_line", "plot_sweep_heatmap"):
-        monkeypatch.setattr(plots, name, lambda *args, name=name: calls.append((name, args)))
+        monkeypatch.setattr(sweep_plots, name, lambda *args, name=name: calls.append((name, args)))
     return calls
 
 

@@ -149,9 +149,11 @@ def test_a_tpe_search_runs_its_rounds_and_resumes_as_it_ran(dataset, tmp_path):
     s = search.Search(space, sampler="tpe", members=3, round_size=2, startup=2, seed=1)
     rows = sweep.fit(config, s, tmp_path / "sweep")
     directory = tmp_path / "sweep"
-    asked = json.loads((directory / "asked.json").read_text())
+    recorded = json.loads((directory / "stages.json").read_text())
+    asked = {m: v["overrides"] for stage in recorded for m, v in stage["members"].items()}
     assert [r["overrides"] for r in rows] == [asked[str(m)] for m in range(3)]
-    assert json.loads((directory / "plan.json").read_text()) == [[0], [1], [2]]
+    assert [list(stage["members"]) for stage in recorded] == [["0", "1"], ["2"]]
+    assert json.loads((directory / "plan.json").read_text()) == [[[0], [1]], [[2]]]
     first = search.ask(s, 0, [])
     assert [r["overrides"] for r in rows[:2]] == first
     assert [rows[2]["overrides"]] == search.ask(s, 1, [(r["overrides"], r) for r in rows[:2]])
@@ -159,62 +161,64 @@ def test_a_tpe_search_runs_its_rounds_and_resumes_as_it_ran(dataset, tmp_path):
     again = sweep.fit(config, s, directory, resume=True)  # finished: nothing to train
     assert again == rows
     # A sampler that asks otherwise on resume (here: a recorded member changed) is refused.
-    asked["2"] = {"optim.learning_rate": 0.5}
-    (directory / "asked.json").write_text(json.dumps(asked))
-    with pytest.raises(grid.SweepError, match=r"the search now asks .* for member 2, where"):
+    recorded[1]["members"]["2"]["overrides"] = {"optim.learning_rate": 0.5}
+    (directory / "stages.json").write_text(json.dumps(recorded))
+    with pytest.raises(grid.SweepError, match=r"stage 1 now plans .* for member 2, where"):
         sweep.fit(config, s, directory, resume=True)
     assert results.read_rows(directory / "results.jsonl") == rows  # nothing lost
 
 
-@pytest.mark.parametrize("sampler", ["sobol"])
-def test_a_sharded_search_merges_to_the_whole_one(sampler, dataset, tmp_path):
-    path = tmp_path / "search.py"
-    path.write_text(SEARCH_FILE.replace("{sampler}", sampler))
+def assert_shards_merge_to_the_whole(dataset, path, tmp_path, count, *, together=True):
+    """The sweep config at `path` run whole, then as two shards (started at once, or one after
+    the other) and merged: the same `count` members, overrides and params bit for bit."""
+    env = dict(os.environ, **compile_cache_env(tmp_path / "jax_cache"))
     whole = subprocess.run(
-        sweep_command(dataset, path, tmp_path / "whole"), cwd=REPO, capture_output=True, text=True
-    )
+        sweep_command(dataset, path, tmp_path / "whole"), cwd=REPO, env=env, capture_output=True,
+        text=True,
+    )  # fmt: skip
     assert whole.returncode == 0, whole.stderr
-    for i in (0, 1):
-        shard = sweep_command(dataset, path, tmp_path / "sharded", f"--shard={i}/2")
-        done = subprocess.run(shard, cwd=REPO, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr
-    merge = [
-        sys.executable,
-        "-m",
-        "experiments.sweep",
-        f"--workdir={tmp_path / 'sharded'}",
-        "--merge",
-    ]
+    shards = [sweep_command(dataset, path, tmp_path / "sharded", f"--shard={i}/2") for i in (0, 1)]
+    if together:
+        started = [subprocess.Popen(c, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+                   for c in shards]  # fmt: skip
+        for child in started:
+            assert child.wait(timeout=600) == 0, child.stderr.read()
+    else:
+        for command in shards:
+            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+    merge = [sys.executable, "-m", "experiments.sweep", f"--workdir={tmp_path / 'sharded'}",
+             "--merge"]  # fmt: skip
     merged = subprocess.run(merge, cwd=REPO, capture_output=True, text=True)
     assert merged.returncode == 0, merged.stderr
     key = lambda r: (r["member"], r["overrides"], r["params_hash"], r["test_accuracy"])  # noqa: E731
     want = [key(r) for r in results.read_rows(tmp_path / "whole" / "results.jsonl")]
     assert [key(r) for r in results.read_rows(tmp_path / "sharded" / "results.jsonl")] == want
-    assert len(want) == 3 and (tmp_path / "sharded" / "search_progress.png").exists()
+    assert len(want) == count and (tmp_path / "sharded" / "search_progress.png").exists()
+    return results.read_rows(tmp_path / "whole" / "results.jsonl")
 
 
-def test_a_tpe_search_in_shards_is_one_line_naming_the_fix(dataset, tmp_path):
+def test_a_sharded_search_merges_to_the_whole_one(dataset, tmp_path):
+    """A sobol search has one stage: its shards need not run at the same time."""
+    path = tmp_path / "search.py"
+    path.write_text(SEARCH_FILE.replace("{sampler}", "sobol"))
+    assert_shards_merge_to_the_whole(dataset, path, tmp_path, count=3, together=False)
+
+
+def test_a_tpe_search_in_shards_asks_and_trains_as_the_whole_one(dataset, tmp_path):
+    """Two shards started at once: each round waits for both shards' members of the round
+    before (stages/<s>.json), so every shard asks the same members, and the merge equals the
+    search run as one shard."""
     path = tmp_path / "search.py"
     path.write_text(SEARCH_FILE.replace("{sampler}", "tpe"))
-    done = subprocess.run(
-        sweep_command(dataset, path, tmp_path / "s", "--shard=0/2"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
-        "error: a tpe search runs as one shard (each round learns from every member before it); "
-        "shard a random, sobol or halton search instead"
-    ]
-    assert not (tmp_path / "s").exists()
+    assert_shards_merge_to_the_whole(dataset, path, tmp_path, count=3)
 
 
 @pytest.mark.parametrize(
     "kill_at",
     [
         "results.row:3",  # rewriting results.jsonl after round 0's second member, before round 1
-        "search.asked:2",  # round 1 asked and recorded, nothing of it trained
+        "sweep.stage:2",  # round 1 asked and recorded, nothing of it trained
         "population.checkpoint:3",  # round 1's member checkpointed, its row not yet written
     ],
 )
@@ -236,7 +240,7 @@ def test_a_killed_tpe_search_resumes_to_the_uninterrupted_one(kill_at, dataset, 
     key = lambda r: (r["member"], r["overrides"], r["params_hash"], r["test_accuracy"])  # noqa: E731
     want = [key(r) for r in results.read_rows(tmp_path / "whole" / "results.jsonl")]
     assert [key(r) for r in results.read_rows(tmp_path / "killed" / "results.jsonl")] == want
-    for name in ("asked.json", "plan.json"):
+    for name in ("stages.json", "plan.json"):
         assert (tmp_path / "killed" / name).read_text() == (tmp_path / "whole" / name).read_text()
 
 

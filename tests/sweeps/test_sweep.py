@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from cnnjax import models, parallel
-from cnnjax.sweeps import grid, population, sweep
+from cnnjax.sweeps import grid, merging, population, sweep
 from cnnjax.training import run
 from configs import sweep_lr, sweep_smoke
 from tests.builders import REPO, config_for
@@ -51,7 +51,7 @@ def test_a_bad_sweep_is_an_error_before_anything_runs(axes, message, tmp_path):
 def test_a_sweep_runs_its_populations_and_each_member_equals_its_solo_run(dataset, tmp_path):
     config = sweep_config(dataset, max_members=3)
     rows = sweep.fit(config, AXES, tmp_path / "sweep")
-    assert json.loads((tmp_path / "sweep" / "plan.json").read_text()) == [[0, 1, 2], [3]]
+    assert json.loads((tmp_path / "sweep" / "plan.json").read_text()) == [[[0, 1, 2], [3]]]
     assert [r["member"] for r in rows] == [0, 1, 2, 3]
     assert {"table.txt", "accuracy_vs_learning_rate.png"} <= {
         p.name for p in (tmp_path / "sweep").iterdir()
@@ -99,13 +99,13 @@ def results_lines(directory):
 def test_shards_run_apart_and_merge_into_one_table(dataset, tmp_path):
     config = sweep_config(dataset)
     with pytest.raises(grid.SweepError, match="no shard-i-of-n"):
-        sweep.merge(tmp_path / "sweep")
+        merging.merge(tmp_path / "sweep")
     sweep.fit(config, AXES, tmp_path / "sweep", shard=(1, 2))
     assert len(results_lines(tmp_path / "sweep" / "shard-1-of-2")) == 2  # members 1 and 3
     with pytest.raises(grid.SweepError, match=r"shard 0/2 has not started"):
-        sweep.merge(tmp_path / "sweep")
+        merging.merge(tmp_path / "sweep")
     sweep.fit(config, AXES, tmp_path / "sweep", shard=(0, 2))
-    merged = sweep.merge(tmp_path / "sweep")
+    merged = merging.merge(tmp_path / "sweep")
     whole = sweep.fit(config, AXES, tmp_path / "whole")
     assert [r["member"] for r in merged] == [0, 1, 2, 3]
     for a, b in zip(merged, whole, strict=True):
@@ -147,7 +147,7 @@ def test_members_that_change_shapes_train_as_separate_programs(dataset):
     assert sweep.plan(configs, loaded, settings) == [[0, 1], [2, 3]]
     settings["max_members"] = 1
     assert sweep.plan(configs, loaded, settings) == [[0], [1], [2], [3]]
-    per_member = population.member_bytes(
+    per_member = grid.member_bytes(
         models.SPECS["reference"], configs[0], 64, loaded[sweep._data_key(config)][0]
     )
     settings.update(max_members=0, memory_budget_mib=per_member / 2**20 * 1.5)  # room for one

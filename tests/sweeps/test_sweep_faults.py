@@ -17,7 +17,7 @@ import time
 import pytest
 
 from cnnjax.output import jsonl
-from cnnjax.sweeps import grid, results, sweep
+from cnnjax.sweeps import grid, merging, results, sweep
 from cnnjax.training import train
 from configs import sweep_smoke
 from tests.builders import REPO, compile_cache_env, config_for
@@ -166,22 +166,22 @@ def test_a_shard_killed_between_rows_resumes_and_merges_to_the_uninterrupted_res
     assert not shard0.exists()  # its one population's rows were never half there
     finish(command(workdir, "--shard=1/2"))
     with pytest.raises(grid.SweepError, match=r"shard 0/2 has finished 0 of its 2 members"):
-        sweep.merge(workdir)
+        merging.merge(workdir)
     finish(command(workdir, "--shard=0/2", "--resume"))
-    merged = sweep.merge(workdir)
+    merged = merging.merge(workdir)
     assert [r["member"] for r in merged] == MEMBERS
     assert outcomes(workdir / "results.jsonl") == reference
 
     # An older version's crash could leave a member's row twice: identical rows count once ...
     lines = shard0.read_text().splitlines()
     shard0.write_text("\n".join([lines[0], *lines]) + "\n")
-    assert [r["member"] for r in sweep.merge(workdir)] == MEMBERS
+    assert [r["member"] for r in merging.merge(workdir)] == MEMBERS
     assert outcomes(workdir / "results.jsonl") == reference
     # ... rows that disagree are refused, naming the file, and --resume repairs them.
     changed = dict(json.loads(lines[0]), test_loss=0.0)
     shard0.write_text("\n".join([json.dumps(changed), *lines]) + "\n")
     with pytest.raises(grid.SweepError, match=rf"{shard0}.*members \[0\].*--shard 0/2 --resume"):
-        sweep.merge(workdir)
+        merging.merge(workdir)
     finish(command(workdir, "--shard=0/2", "--resume"))
     assert outcomes(shard0) == {m: reference[m] for m in SHARDS[0]}
     assert outcomes(workdir / "results.jsonl") == reference  # the refused merge wrote nothing

@@ -154,3 +154,24 @@ def test_per_example_report_ranks_examples_by_loss_and_measures_their_gradients(
     assert summary["loss_norm_correlation"] > 0.5
     for name in ("grad_norms.png", "hardest.png"):
         assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_validation_split_is_the_last_training_examples_held_out(dataset):
+    """validation_examples=V: the last V training examples, whatever the seed; training keeps
+    the ones before them (then train_examples of those); the test split is untouched."""
+    config = config_for(dataset)
+    config.data.train_examples = 0
+    (train_all, labels_all), test = run.load_splits(config)
+    config.data.validation_examples = 200
+    (images, _), test_again, (held, held_labels) = run.load_splits(config)
+    np.testing.assert_array_equal(held, train_all[-200:])
+    np.testing.assert_array_equal(held_labels, labels_all[-200:])
+    np.testing.assert_array_equal(images, train_all[: TRAIN_N - 200])
+    np.testing.assert_array_equal(test_again[0], test[0])
+    config.data.train_examples, config.seed = 100, 7
+    (first, _), _, (held_again, _) = run.load_splits(config)
+    np.testing.assert_array_equal(first, train_all[:100])
+    np.testing.assert_array_equal(held_again, held)
+    config.data.validation_examples = TRAIN_N
+    with pytest.raises(RunError, match=r"validation_examples=1024 leaves no training examples"):
+        run.load_splits(config)
