@@ -125,14 +125,20 @@ def _record(directory: Path, s: int, stage: stages.Stage) -> None:
     recorded = json.loads(path.read_text()) if path.exists() else []
     planned = json.loads(json.dumps(stage.to_json()))
     if s < len(recorded):
-        for m, now in planned["members"].items():
-            before = recorded[s]["members"].get(m)
-            if before != now:
-                raise SweepError(
-                    f"stage {s} now plans {now} for member {m}, where {path} records "
-                    f"{before}: resume with the versions it started with (its config.json's "
-                    "environment), or start a new --workdir"
-                )
+        before = recorded[s]
+        names = sorted(set(planned["members"]) | set(before["members"]), key=int)
+        changed = [m for m in names if before["members"].get(m) != planned["members"].get(m)]
+        if changed or before["epochs"] != planned["epochs"]:
+            what = (
+                f"{planned['members'].get(changed[0])} for member {changed[0]}, where {path} "
+                f"records {before['members'].get(changed[0])}"
+                if changed
+                else f"epochs {planned['epochs']}, where {path} records {before['epochs']}"
+            )
+            raise SweepError(
+                f"stage {s} now plans {what}: resume with the versions it started with (its "
+                "sweep.json's environment), or start a new --workdir"
+            )
         return
     jsonl.write_json(path, [*recorded, planned])
     faults.point("sweep.stage")
