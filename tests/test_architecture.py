@@ -53,6 +53,7 @@ TIERS = {
         "sweeps.stages",
         "sweeps.space",
         "sweeps.merging",
+        "sweeps.records",
         "sweeps.comparison",
         "sweeps.population",
         "sweeps.results",

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 
 from cnnjax.output import jsonl, tables
-from cnnjax.sweeps import search, sweep
+from cnnjax.sweeps import records, search, sweep
 
 
 def load(path: str):
@@ -44,9 +43,10 @@ def run(paths: dict[str, str], seeds: list[int], workdir) -> dict[str, list[dict
     seed."""
     curves: dict[str, list[dict]] = {}
     for name, path in paths.items():
+        base = load(path)
         for seed in seeds:
             directory = Path(workdir) / name / f"seed-{seed}"
-            config, found = seeded(*load(path), seed)
+            config, found = seeded(*base, seed)
             resume = (directory / "sweep.json").exists()
             sweep.fit(config, found, directory, resume=resume)
             curves.setdefault(name, []).append(anytime(directory))
@@ -58,9 +58,7 @@ def anytime(directory) -> dict:
     of the best model by the objective so far, "objective": that model's objective, "seconds":
     the training seconds so far}, each a list (see the module docstring)."""
     directory = Path(directory)
-    planned = json.loads((directory / "plan.json").read_text())
-    if planned and isinstance(planned[0][0], int):
-        planned = [planned]
+    planned = records.read_plan(directory)
     curve = {"spent": [], "test_accuracy": [], "objective": [], "seconds": []}
     best, spent, seconds, p = (-np.inf, np.nan), 0, 0.0, 0
     for populations in planned:

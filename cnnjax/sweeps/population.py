@@ -23,7 +23,6 @@ Legend: M members, S steps, B examples per step; every leaf of a Population has 
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -142,25 +141,6 @@ def make_step(spec, config, steps_per_epoch: int, layout: str, feed):
     return jax.jit(step, donate_argnums=0)
 
 
-_STEPS: dict = {}  # (program, spec, steps, layout, feed) -> make_step's jitted step (LRU, 4)
-
-
-def shared_step(spec, config, steps_per_epoch: int, layout: str, feed):
-    """make_step's step, one per program in this process: the populations of a sweep that share
-    a program (and feed) reuse its compiled step instead of compiling it again. Members' HYPER
-    and seeds enter as traced numbers, so the program is the config without them."""
-    plain = config.to_dict()
-    for name in ("seed", *HYPER.values()):
-        settings.drop(plain, name)
-    key = (json.dumps(plain, sort_keys=True, default=str), spec, steps_per_epoch, layout, id(feed))
-    if key not in _STEPS:
-        while len(_STEPS) >= 4:
-            _STEPS.pop(next(iter(_STEPS)))
-        _STEPS[key] = make_step(spec, config, steps_per_epoch, layout, feed)
-    _STEPS[key] = _STEPS.pop(key)  # the most recently used goes last
-    return _STEPS[key]
-
-
 def epoch_indices(pop: Population, epoch: int, num_examples: int, batch_size: int):
     """idx_MSB: each member's own permutation for `epoch` (as its solo run draws it)."""
     one = functools.partial(
@@ -232,6 +212,7 @@ def fit(
     start=None,
     events_dir: Path | None = None,
     hparams: dict[int, dict] | None = None,
+    step=None,
 ) -> Population:
     """Train `configs` (one program: they differ only in HYPER and seed) as one population in
     `directory`: metrics.jsonl (a line per member per epoch, `member` = its index in `members`
@@ -243,8 +224,9 @@ def fit(
     start(template) (a Population after `first` epochs, in the template's members, shapes and
     hyperparameters) where first > 0 and no checkpoint is there to resume. With `events_dir`,
     each member's rows, step losses and HYPER numbers also go to TensorBoard in
-    events_dir/member-<m>/, `hparams[m]` (its swept fields) as its HParams session. Returns the
-    final population."""
+    events_dir/member-<m>/, `hparams[m]` (its swept fields) as its HParams session. `step`:
+    make_step's step for this program and feed, compiled by an earlier population (default: a
+    new one). Returns the final population."""
     config, (train_feed, test_feed, *validation) = configs[0], feeds
     first, last = epochs or (0, config.train.epochs)
     mesh = train_feed.mesh
@@ -257,7 +239,7 @@ def fit(
         pop, epochs_done = parallel.put_replicated(start(pop), mesh), first
     if resume:
         jsonl.truncate_after(directory / "metrics.jsonl", epochs_done * steps)
-    step = shared_step(spec, config, steps, layout, train_feed)
+    step = step or make_step(spec, config, steps, layout, train_feed)
     mirror = None
     if events_dir is not None and parallel.is_primary():
         mirror = events.Members(events_dir, epochs_done * steps if resume else None, hparams)

@@ -15,15 +15,13 @@ half a row; cnnjax.sweeps.results).
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 
 import jax
 
-from cnnjax import faults, parallel
+from cnnjax import parallel
 from cnnjax.output import events, jsonl
-from cnnjax.sweeps import grid, population, results, search, stages
+from cnnjax.sweeps import grid, population, records, results, search, stages
 from cnnjax.sweeps.grid import SweepError
 from cnnjax.training import RunError, checkpoints, data, run, settings, workdir
 
@@ -100,9 +98,7 @@ def _planned(directory: Path, s: int, mine: list[int], configs, loaded, options)
     stage; p counts across stages). A stage is planned (and appended to plan.json) when it
     first starts, so a resumed sweep keeps its populations whatever memory is free now."""
     path = directory / "plan.json"
-    stages_planned = json.loads(path.read_text()) if path.exists() else []
-    if stages_planned and isinstance(stages_planned[0][0], int):  # one stage, unnested
-        stages_planned = [stages_planned]
+    stages_planned = records.read_plan(directory)
     offset = sum(len(populations) for populations in stages_planned[:s])
     if s < len(stages_planned):
         ours = list(enumerate(stages_planned[s], start=offset))
@@ -115,33 +111,6 @@ def _planned(directory: Path, s: int, mine: list[int], configs, loaded, options)
     added = plan(configs, loaded, options) if mine else []
     jsonl.write_json(path, [*stages_planned, added])
     return list(enumerate(added, start=offset))
-
-
-def _record(directory: Path, s: int, stage: stages.Stage) -> None:
-    """stages.json: every stage planned so far (its epochs, members, overrides and sources). A
-    resumed sweep plans each again and must get the same: else its sampler or ranking is not
-    the one that started it (another Optuna or NumPy), and going on would mix two sweeps."""
-    path = directory / "stages.json"
-    recorded = json.loads(path.read_text()) if path.exists() else []
-    planned = json.loads(json.dumps(stage.to_json()))
-    if s < len(recorded):
-        before = recorded[s]
-        names = sorted(set(planned["members"]) | set(before["members"]), key=int)
-        changed = [m for m in names if before["members"].get(m) != planned["members"].get(m)]
-        if changed or before["epochs"] != planned["epochs"]:
-            what = (
-                f"{planned['members'].get(changed[0])} for member {changed[0]}, where {path} "
-                f"records {before['members'].get(changed[0])}"
-                if changed
-                else f"epochs {planned['epochs']}, where {path} records {before['epochs']}"
-            )
-            raise SweepError(
-                f"stage {s} now plans {what}: resume with the versions it started with (its "
-                "sweep.json's environment), or start a new --workdir"
-            )
-        return
-    jsonl.write_json(path, [*recorded, planned])
-    faults.point("sweep.stage")
 
 
 def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list[dict]:
@@ -180,9 +149,9 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
         summary.close()
     results_path = directory / "results.jsonl"
     done = _finished(results_path, ours)
-    loaded, history, recorded, order = {}, [], [], []
+    loaded, compiled, history, recorded, order = {}, {}, [], [], []
     for s in range(count):
-        _record(directory, s, stage)
+        records.record(directory, s, stage)
         recorded.append(stage)
         mine = [m for m in stage.members if m in ours]
         configs = {m: grid.member_config(config, stage.overrides[m]) for m in mine}
@@ -191,14 +160,14 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
         loaded = _load(configs, mesh, loaded)
         populations = _planned(directory, s, mine, configs, loaded, options)
         at = directory / "stages" / f"{s}.json"
-        rows = {int(m): r for m, r in json.loads(at.read_text()).items()} if at.exists() else {}
+        rows = records.read_stage(at) if at.exists() else {}
         for p, members_p in populations if not at.exists() else ():
             label = f"population {p + 1} ({len(members_p)} members)"
             if count > 1:
                 label = f"stage {s + 1}/{count} {label}"
             place = (p, members_p, directory.relative_to(Path(sweep_dir)))
-            new = _fit_population(place, stage, configs, loaded, directory, layout, resume, label,
-                                  sweep_dir, history)  # fmt: skip
+            new = _fit_population(place, stage, configs, (loaded, compiled), directory, layout,
+                                  resume, label, sweep_dir, history)  # fmt: skip
             rows.update(new)
             if not staged:  # a member's row is its result as soon as it is trained
                 done.update({m: _result(row, recorded, m, pbt) for m, row in new.items()})
@@ -208,7 +177,7 @@ def fit(config, sweep, sweep_dir, *, shard=(0, 1), resume: bool = False) -> list
             at.parent.mkdir(exist_ok=True)
             jsonl.write_json(at, {str(m): rows[m] for m in sorted(rows)})
         if s + 1 < count:  # the next stage depends on this one's rows, every shard's
-            history.append(_every_shard(sweep_dir, shard, s, stage, rows, options))
+            history.append(records.every_shard(sweep_dir, shard, s, stage, rows, options))
         following = stages.plan(members, epochs, s + 1, history) if s + 1 < count else None
         ending = [m for m in mine if following is None or m not in following.members]
         for m in ending:
@@ -235,36 +204,6 @@ def _result(row: dict, recorded: list, member: int, pbt: bool) -> dict:
     return row | {"lineage": stages.lineage(recorded, member)} if pbt else row
 
 
-def _every_shard(sweep_dir, shard, s: int, stage, mine: dict, options) -> dict[int, dict]:
-    """Stage s's rows of every shard's members: this shard's, and each other's once its
-    stages/<s>.json appears (shards share the sweep directory's file system), waiting up to
-    config.sweep.wait_minutes for it."""
-    rows = dict(mine)
-    i, n = shard
-    deadline = time.monotonic() + 60 * options["wait_minutes"]
-    for j in (j for j in range(n) if j != i):
-        path = grid.shard_dir(sweep_dir, (j, n)) / "stages" / f"{s}.json"
-        told = False
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise SweepError(
-                    f"shard {j}/{n} has not finished stage {s} ({path}) within "
-                    f"config.sweep.wait_minutes={options['wait_minutes']}: start it (the "
-                    "shards of a staged or tpe sweep run at once), then rerun this with --resume"
-                )
-            if not told:
-                print(f"waiting for shard {j}/{n} to finish stage {s} ({path})", file=sys.stderr)
-                told = True
-            time.sleep(2.0)
-        rows.update({int(m): r for m, r in json.loads(path.read_text()).items()})
-    if sorted(rows) != sorted(stage.members):
-        raise SweepError(
-            f"stage {s}'s rows in the shards of {sweep_dir} are for members {sorted(rows)}, not "
-            f"the stage's {stage.members}: a shard is from another sweep"
-        )
-    return rows
-
-
 def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
     """member -> its row in the results file at `path`. Repeated identical rows (a killed
     older version's) count once; a member whose rows disagree counts as unfinished, so its
@@ -279,18 +218,24 @@ def _finished(path: Path, mine: list[int]) -> dict[int, dict]:
     return rows
 
 
-def _fit_population(place, stage, configs, loaded, directory, layout, resume, label, sweep_dir,
+def _fit_population(place, stage, configs, cached, directory, layout, resume, label, sweep_dir,
                     history):  # fmt: skip
     """Train population p (place = (p, its members, the shard directory relative to
     sweep_dir)) over stage's epochs, each member starting from its source's state at the
     stage's first epoch (history[-1]'s rows say where that was checkpointed); returns
-    {member: its row at the stage's end}."""
+    {member: its row at the stage's end}. cached = (data key -> feeds, (program, data key) ->
+    its step): the populations of one program and data share one compiled step."""
     p, members, shard_path = place
     configs_p = [configs[m] for m in members]
     first = configs_p[0]
+    loaded, compiled = cached
     feeds = loaded[_data_key(first)]
     spec = settings.spec(first)
     pdir = directory / "populations" / str(p)
+    program = (grid.program_key(first), _data_key(first))
+    if program not in compiled:
+        steps = settings.steps_per_epoch(len(feeds[0].split[1]), first.train.batch_size)
+        compiled[program] = population.make_step(spec, first, steps, layout, feeds[0])
 
     def start(template):  # the members' states after stage.epochs[0] epochs
         found: dict[str, population.Population] = {}
@@ -321,6 +266,7 @@ def _fit_population(place, stage, configs, loaded, directory, layout, resume, la
         start=start,
         events_dir=directory / "tensorboard",
         hparams={m: stage.overrides[m] for m in members} if stage.epochs[0] == 0 else None,
+        step=compiled[program],
     )
     epochs = jsonl.read_metrics(pdir / "metrics.jsonl", "epoch")
     last = {r["member"]: r for r in epochs if r["epoch"] == stage.epochs[1]}
