@@ -272,6 +272,50 @@ def test_other_tie_policies_are_caught_only_by_tie_heavy_inputs(policy, dtype):
 
 
 @dataclasses.dataclass(frozen=True)
+class MaxPoolLastInApply(models.MaxPool):
+    """A fast form whose selects let a later equal value take over (>=, not >): the same values,
+    but jax.grad of apply hands a tie's error to the last arg-max."""
+
+    def apply(self, p, x, ctx):
+        (kh, kw), (h, w, c) = ops.as_pair(self.window, "window"), x.shape
+        x5 = x[: h // kh * kh, : w // kw * kw].reshape(h // kh, kh, w // kw, kw, c)
+        y = x5[:, 0, :, 0]
+        for k in range(1, kh * kw):
+            tap = x5[:, k // kw, :, k % kw]
+            y = jnp.where(tap >= y, tap, y)
+        return y
+
+
+def test_max_pool_checks_jax_grad_of_its_fast_form_against_reduce_window():
+    real = [
+        row
+        for data in (None, *gradcheck.TIE_KINDS)
+        for row in gradcheck.check_layer(models.MaxPool(2), (6, 5, 2), dtypes="float64", data=data)
+    ]
+    assert "MaxPool/dx jax.grad of apply vs autodiff, plateaus" in {row.check for row in real}
+    assert not failed(real)
+    planted = MaxPoolLastInApply(2)
+    rows = [
+        row
+        for data in (None, *gradcheck.TIE_KINDS)
+        for row in gradcheck.check_layer(planted, (12, 11, 3), dtypes="float64", data=data)
+    ]
+    assert failed(rows) == {
+        f"MaxPoolLastInApply/dx jax.grad of apply vs autodiff, {kind}"
+        for kind in gradcheck.TIE_KINDS
+    }
+
+
+def test_a_network_with_max_pool_checks_jax_grad_of_apply_too():
+    rows = gradcheck.check_network(
+        (*models.REFERENCE_CNN[:3], models.Flatten(), models.Dense(3)), (8, 8, 1), rng(), "float64"
+    )
+    names = {row.check for row in rows}
+    assert "net/conv1/kernel jax.grad of apply vs autodiff" in names
+    assert not failed(rows)
+
+
+@dataclasses.dataclass(frozen=True)
 class AvgPoolOverTheWindow(models.AvgPool):
     """Divides by the window's size even where the layer counts only its real inputs."""
 

@@ -315,6 +315,69 @@ def test_max_pool_seed_backward_example_routes_to_the_arg_maxes():
     np.testing.assert_array_equal(np.asarray(dx), expected)
 
 
+def _tie_heavy(shape, kind, seed=0):
+    """Small integers, or a ReLU's plateaus of zeros: most windows hold tied maxima."""
+    rng = np.random.default_rng(seed)
+    if kind == "integers":
+        return rng.integers(-1, 2, shape).astype(np.float64)
+    return np.maximum(np.round(rng.normal(size=shape) * 2) / 2, 0.0)
+
+
+@pytest.mark.parametrize(
+    "shape, window", [((26, 26, 32), 2), ((11, 11, 3), 2), ((7, 9, 2), 3), ((6, 7, 1), (2, 3))]
+)
+@pytest.mark.parametrize("kind", ["integers", "plateaus"])
+def test_max_pool_tiled_equals_reduce_window_values_and_gradients_bit_for_bit(shape, window, kind):
+    # float64 and small integers: every value and sum is exact, so the tie policy (the first
+    # arg-max in row-major window order takes the error) must match bit for bit; odd sizes
+    # drop the last rows and columns.
+    with jax.enable_x64(True):
+        x = jnp.asarray(_tie_heavy(shape, kind))
+        out_shape = ops.pool_shape(shape, window)
+        dy = jnp.asarray(np.random.default_rng(1).integers(-3, 4, out_shape), jnp.float64)
+        tiled = functools.partial(ops.max_pool_tiled, window_hw=ops.as_pair(window, "window"))
+        plain = functools.partial(ops.max_pool_reduce_window, window=window)
+        y_tiled, pull_tiled = jax.vjp(tiled, x)
+        y_plain, pull_plain = jax.vjp(plain, x)
+        (kh, kw), (ho, wo, c) = ops.as_pair(window, "window"), out_shape
+        windows = x[: ho * kh, : wo * kw].reshape(ho, kh, wo, kw, c)
+        maxima = jnp.sum(windows == jnp.max(windows, axis=(1, 3), keepdims=True), axis=(1, 3))
+        assert int(jnp.sum(maxima > 1)) > maxima.size // 8, maxima.size  # the ties are there
+        np.testing.assert_array_equal(y_tiled, y_plain)
+        np.testing.assert_array_equal(pull_tiled(dy)[0], pull_plain(dy)[0])
+        np.testing.assert_array_equal(ops.max_pool(x, window), y_plain)
+
+
+def test_max_pool_takes_the_tiled_form_only_for_tiling_windows():
+    # jax.grad of a tiling pool is selects (no select-and-scatter, which XLA:CPU lowers to a
+    # scatter); an overlapping or padded pool keeps reduce_window.
+    x = jnp.zeros((6, 6, 2))
+
+    def primitives(**pool):
+        jaxpr = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(ops.max_pool(x, **pool))))(x)
+        return {str(e.primitive) for e in jaxpr.jaxpr.eqns}
+
+    assert not {"reduce_window_max", "select_and_scatter_add"} & primitives(window=2)
+    assert "select_and_scatter_add" in primitives(window=2, stride=1)
+    assert "select_and_scatter_add" in primitives(window=2, padding=((1, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("where", [(0, 0), (0, 1), (1, 0), (1, 1)])
+def test_max_pool_tiled_gives_nan_wherever_the_window_holds_it(where):
+    x = np.array([[1.0, 3.0], [2.0, 0.0]], np.float32)
+    x[where] = np.nan
+    y = ops.max_pool(jnp.asarray(x)[..., None], 2)
+    assert np.isnan(np.asarray(y)).all()
+    assert np.isnan(np.asarray(ops.max_pool_reduce_window(jnp.asarray(x)[..., None], 2))).all()
+
+
+def test_max_pool_tiled_keeps_integer_dtypes():
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (6, 4, 3)), jnp.uint8)
+    y = ops.max_pool(x, 2)
+    assert y.dtype == jnp.uint8
+    np.testing.assert_array_equal(y, ops.max_pool_reduce_window(x, 2))
+
+
 def test_pool_odd_size_drops_last_row_and_column():
     # 5x5 with 2x2 windows: 2x2 output; row 4 and column 4 (which hold the max, 24) are dropped.
     x = np.arange(25, dtype=np.float32).reshape(5, 5, 1)

@@ -18,6 +18,10 @@ from cnnjax.gradcheck.engine import TOL_AUTODIFF, Hand, check_hands, check_vjp, 
 from cnnjax.gradcheck.report import Row, raise_failures
 from cnnjax.layers.base import draw_padding, draw_pair
 
+# The rows of jax.grad through a layer's `apply` where it is a formulation for speed, checked
+# against jax.grad through its plain `autodiff_reference` (the rows' "autodiff").
+AUTODIFF_OF_APPLY = " jax.grad of apply"
+
 
 def _given(rng, shape, kind="continuous") -> np.ndarray:
     """Continuous data drawn now; for a tie-heavy `kind` zeros, which check_vjp redraws."""
@@ -62,10 +66,12 @@ def check_layer(
     check_vjp's engine, on a batch of `batch` examples of `in_shape`.
 
     f(params, x_N) is the layer's one-example `apply` vmapped over the batch (axis layers.BATCH),
-    so a rule through batch statistics is checked whole. The hands: its `vjp`, vmapped with the
-    parameter gradients summed (rows "Kind/dx", "Kind/kernel", ...), and, where the kind has its
-    own batched form, its `vjp_batch` (rows "... batched"). Params are its `init`, every leaf
-    shifted by N(0, 0.1^2) (init's zeros and ones hide a rule that drops a term); state its
+    so a rule through batch statistics is checked whole; the reference is jax.vjp of its
+    `autodiff_reference` (apply itself, unless apply is a form for speed). The hands: its `vjp`,
+    vmapped with the parameter gradients summed (rows "Kind/dx", "Kind/kernel", ...), where the
+    kind has its own batched form its `vjp_batch` (rows "... batched"), and where apply is a
+    form for speed jax.vjp of apply (rows "... jax.grad of apply"). Params are its `init`, every
+    leaf shifted by N(0, 0.1^2) (init's zeros and ones hide a rule that drops a term); state its
     `init_state`, in the checked dtype; in train mode (`train`) its key is fixed by `seed`.
     `data` as check_vjp (tie-heavy data for a kind with a policy at its kinks)."""
     dtypes = (dtypes,) if isinstance(dtypes, str) else tuple(dtypes)
@@ -82,9 +88,14 @@ def check_layer(
             cast = jax.tree.map(lambda s: jnp.asarray(s, dtype), state)
             return layers.Context(train, key if train else None, cast)
 
-        def forward(p, x_N):
-            one = lambda x: layer.apply(p, x, ctx(x_N.dtype))  # noqa: E731
+        def forward(p, x_N, fns=layers.PLAIN):
+            one = lambda x: fns(layer, p, x, ctx(x_N.dtype))  # noqa: E731
             return jax.vmap(one, axis_name=layers.BATCH)(x_N)
+
+        reference = functools.partial(forward, fns=layers.AUTODIFF_REFERENCE)
+
+        def autodiff(p, x_N, dy_N):
+            return jax.vjp(forward, p, x_N)[1](dy_N), None
 
         def vmapped(p, x_N, dy_N):
             dx_N, dp = layers.Layer.vjp_batch(layer, p, x_N, dy_N, ctx(x_N.dtype))
@@ -97,11 +108,13 @@ def check_layer(
         hands = [Hand("", vmapped, True)]
         if type(layer).vjp_batch is not layers.Layer.vjp_batch:
             hands.append(Hand(" batched", batched, True))
+        if _fast_form(layer):
+            hands.append(Hand(AUTODIFF_OF_APPLY, autodiff, False))
         case = {"layer": layer, "x_shape": in_shape, "batch": batch, "train": train}
         where = dict(name=type(layer).__name__, argnames=("", "dx"), case=case, data=data)
-        rows += check_hands(forward, forward, hands, (params, x_N), dtype=dtype, rng=rng, **where)[
-            0
-        ]
+        rows += check_hands(
+            reference, forward, hands, (params, x_N), dtype=dtype, rng=rng, **where
+        )[0]
     return rows
 
 
@@ -216,8 +229,10 @@ def check_network(
     train=None,
 ) -> list[Row]:
     """`value_and_grad(params, x, labels, spec, label_smoothing=, state=, train=, key=)`, and
-    jax.grad through `fns` (the custom_vjp twins), vs jax.value_and_grad(models.loss) per leaf,
-    named by its path ("net/conv1/kernel hand vs autodiff"); in float64 the first vs FD too.
+    jax.grad through `fns` (the custom_vjp twins), vs jax.value_and_grad(models.loss) through
+    each layer's `autodiff_reference` per leaf, named by its path ("net/conv1/kernel hand vs
+    autodiff"); where a layer's apply is a form for speed, jax.grad through apply too (rows
+    "... jax.grad of apply vs autodiff"); in float64 the first vs FD too.
     The engine of check_vjp, on f = params -> loss. In train mode (`train`; None: when the spec
     has BatchNorm or Dropout) the loss runs on the batch's statistics (the rules through them
     checked whole) and Dropout's masks from a key drawn from `rng`; the state is init_state's."""
@@ -230,7 +245,7 @@ def check_network(
     kw = dict(label_smoothing=label_smoothing)
     kw |= dict(state=state, train=train, key=key) if state or train else {}
 
-    def loss(p, fns=models.PLAIN):
+    def loss(p, fns=layers.AUTODIFF_REFERENCE):
         return models.loss(p, x, labels, spec, **kw, fns=fns)
 
     def hand(p, dy):  # the VJP of a scalar: dy times the gradient
@@ -240,11 +255,22 @@ def check_network(
     def custom_vjp(p, dy):
         return jax.vjp(functools.partial(loss, fns=fns), p)[1](dy)[0], None
 
+    def autodiff(p, dy):  # jax.grad of the layers' apply, the training step's "autodiff"
+        return jax.vjp(functools.partial(loss, fns=models.PLAIN), p)[1](dy)[0], None
+
     hands = [Hand(" hand", hand, True), Hand(" custom_vjp", custom_vjp, False)]
+    if any(_fast_form(layer) for layer in _flat(spec)):
+        hands.append(Hand(AUTODIFF_OF_APPLY, autodiff, False))
     where = dict(name=prefix, argnames=("",), case=case)
-    rows, want, (got, _) = check_hands(loss, loss, hands, (params,), dtype=dtype, rng=rng, **where)
+    rows, want, (got, *_) = check_hands(loss, loss, hands, (params,), dtype=dtype, rng=rng, **where)
     tol = TOL_AUTODIFF[dtype]
     return [compare(f"{prefix}/loss hand vs autodiff", case, dtype, got, want, tol), *rows]
+
+
+def _fast_form(layer) -> bool:
+    """Whether a layer's `apply` is a formulation for speed beside a plain `autodiff_reference`:
+    then jax.grad of apply is checked too, against jax.grad of the reference."""
+    return type(layer).autodiff_reference is not layers.Layer.autodiff_reference
 
 
 def _flat(spec) -> list:

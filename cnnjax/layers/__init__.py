@@ -3,6 +3,7 @@ with a `@register`ed class and one import line here. `chain` runs a spec of them
 
 from cnnjax.layers.activations import GELU, ReLU, Tanh
 from cnnjax.layers.base import (
+    AUTODIFF_REFERENCE,
     BATCH,
     EVAL,
     HAND_DERIVED,
@@ -21,6 +22,7 @@ from cnnjax.layers.pooling import AvgPool, GlobalAvgPool, MaxPool
 from cnnjax.layers.residual import Residual
 
 __all__ = [
+    "AUTODIFF_REFERENCE",
     "BATCH",
     "EVAL",
     "GELU",

@@ -10,6 +10,9 @@ that subclasses `Layer` and defines, for ONE example:
     init(key, in_shape, dtype)        its params: a dict of arrays ({} for none)
     init_state(in_shape, dtype)       its state, arrays it keeps but does not train ({} for none)
     apply(p, x, ctx)                  its output, with jax.lax / jax.numpy
+    autodiff_reference(p, x, ctx)     the same output in the form the gradient checks
+                                      differentiate (default: apply; a kind whose apply is
+                                      written for jax.grad's speed keeps its plain form here)
     next_state(p, x, ctx)             its state after a train-mode step (default: unchanged)
     vjp(p, x, dy, ctx)                the hand-derived (dx, dp), the derivation in its docstring
     flax(x_NHWC, train=)              the same layer on a batch with Flax's functions, or
@@ -25,6 +28,7 @@ sharding) the same reduction spans the devices.
 
 `PLAIN` and `HAND_DERIVED` are the two ways a network applies a layer: the plain forward (jax.grad
 differentiates it) or a jax.custom_vjp twin whose gradient is the layer's own `vjp`.
+`AUTODIFF_REFERENCE` applies each layer's `autodiff_reference`: the gradient checks' autodiff.
 """
 
 from __future__ import annotations
@@ -110,6 +114,13 @@ class Layer:
     def apply(self, p, x, ctx: Context):
         raise NotImplementedError(f"{type(self).__name__} does not define apply")
 
+    def autodiff_reference(self, p, x, ctx: Context):
+        """`apply` in the form the gradient checks differentiate as their reference: apply
+        itself, unless a kind's apply is a formulation chosen for jax.grad's speed (MaxPool's
+        selects); then the plain one (MaxPool's lax.reduce_window), tested equal to apply, so
+        that hand vs autodiff still compares two derivations."""
+        return self.apply(p, x, ctx)
+
     def next_state(self, p, x, ctx: Context):
         return ctx.state
 
@@ -173,6 +184,11 @@ def register(kind: type[Layer]) -> type[Layer]:
 def PLAIN(layer: Layer, p, x, ctx: Context):
     """The layer's own forward: jax.grad differentiates its ops."""
     return layer.apply(p, x, ctx)
+
+
+def AUTODIFF_REFERENCE(layer: Layer, p, x, ctx: Context):
+    """The layer's `autodiff_reference`: jax.grad through it is the gradient checks' autodiff."""
+    return layer.autodiff_reference(p, x, ctx)
 
 
 def HAND_DERIVED(layer: Layer, p, x, ctx: Context):

@@ -47,6 +47,11 @@ class MaxPool(_Pool):
     def apply(self, p, x_HWC, ctx: Context):
         return ops.max_pool(x_HWC, self.window, self.stride, self.padding)
 
+    def autodiff_reference(self, p, x_HWC, ctx: Context):
+        """One lax.reduce_window: its jax.grad (select-and-scatter) is a derivation of its own,
+        apart from the selects of ops.max_pool_tiled and from the hand rule."""
+        return ops.max_pool_reduce_window(x_HWC, self.window, self.stride, self.padding)
+
     def vjp(self, p, x_HWC, dy_HWC, ctx: Context):
         pool = dict(window=self.window, stride=self.stride, padding=self.padding)
         return grads.max_pool_vjp(x_HWC, dy_HWC, **pool), {}

@@ -21,7 +21,15 @@ import jax
 
 import cnnjax.layers.chain as chain
 from cnnjax.layers.activations import ReLU
-from cnnjax.layers.base import Case, Context, Layer, draw_pair, redraw, register
+from cnnjax.layers.base import (
+    AUTODIFF_REFERENCE,
+    Case,
+    Context,
+    Layer,
+    draw_pair,
+    redraw,
+    register,
+)
 from cnnjax.layers.conv import Conv
 from cnnjax.layers.dense import Dense
 
@@ -130,6 +138,12 @@ class Residual(Layer):
         body_p, skip, skip_p, skip_ctx = self._parts(p, x.shape, ctx)
         y, _ = chain.apply(body_p, x, self.body, ctx)
         return y + (x if skip is None else skip.apply(skip_p, x, skip_ctx))
+
+    def autodiff_reference(self, p, x, ctx: Context):
+        """`apply` with every inner layer's `autodiff_reference`."""
+        body_p, skip, skip_p, skip_ctx = self._parts(p, x.shape, ctx)
+        y, _ = chain.apply(body_p, x, self.body, ctx, fns=AUTODIFF_REFERENCE)
+        return y + (x if skip is None else skip.autodiff_reference(skip_p, x, skip_ctx))
 
     def vjp(self, p, x, dy, ctx: Context):
         """y = body(x) + skip(x), a sum, so dy reaches both paths whole (d(a + b)/da = 1):
