@@ -55,6 +55,7 @@ TIERS = {
         "sweeps.merging",
         "sweeps.records",
         "sweeps.comparison",
+        "sweeps.ensemble",
         "sweeps.population",
         "sweeps.results",
         "sweeps.sweep",

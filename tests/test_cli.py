@@ -103,6 +103,13 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
         "experiments.gradcheck", "--config.num_random_spec=1"
     )
     commands["jobs"] = _module("experiments.gradcheck", "--jobs=0")
+    commands["ensemble"] = _module("experiments.evaluate", "--ensemble", f"--workdir={workdir}")
+    commands["not a sweep"] = _module(
+        "experiments.evaluate",
+        "--ensemble",
+        "--config=configs/mnist_seeds.py",
+        f"--workdir={tmp_path}",
+    )
     results = _run_all(commands)
     for name, (_, expected) in cases.items():
         _assert_one_error_line(name, results[name], *expected)
@@ -114,6 +121,8 @@ def test_flag_and_config_mistakes_stop_with_one_line_before_anything_is_written(
         "default config", results["default config"], "did you mean --config.num_random_specs?"
     )
     _assert_one_error_line("jobs", results["jobs"], "--jobs must be at least 1, got 0")
+    _assert_one_error_line("ensemble", results["ensemble"], "--ensemble needs --config")
+    _assert_one_error_line("not a sweep", results["not a sweep"], "holds no sweep.json")
     assert not workdir.exists()
 
 

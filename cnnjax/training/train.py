@@ -298,20 +298,26 @@ def epoch_indices(state: TrainState, epoch: int, num_examples: int, batch_size: 
 # --------------------------------------------------------------------------- evaluation
 
 
-def evaluate_batch(
-    params, x_BHWC, labels_B, *, spec, dtype="float32", model_state=None, flip=False
-):
-    """(losses_B, predictions_B) of a uint8 batch in eval mode (the network's state
-    `model_state`, None for a spec without; no dropout); the layers in `dtype`, the loss in
-    float32. With `flip` (test-time augmentation), each example's logits are the mean of its
-    own and its mirror image's (left-right), as for a network trained with flips."""
+def eval_logits(params, x_BHWC, *, spec, dtype="float32", model_state=None, flip=False):
+    """The logits of a uint8 batch in eval mode (the network's state `model_state`, None for a
+    spec without; no dropout), the layers in `dtype`, the logits in at least float32. With
+    `flip` (test-time augmentation), each example's logits are the mean of its own and its
+    mirror image's (left-right), as for a network trained with flips."""
     low = compute_dtype(dtype)
     x_BHWC, state_low = to_float(x_BHWC).astype(low), cast(model_state or {}, low)
     logits = models.batch_logits(cast(params, low), x_BHWC, spec, state=state_low)
     if flip:
         mirrored = models.batch_logits(cast(params, low), x_BHWC[:, :, ::-1], spec, state=state_low)
         logits = (logits + mirrored) / 2
-    logits = logits.astype(losses.loss_dtype(low))
+    return logits.astype(losses.loss_dtype(low))
+
+
+def evaluate_batch(
+    params, x_BHWC, labels_B, *, spec, dtype="float32", model_state=None, flip=False
+):
+    """(losses_B, predictions_B) of a uint8 batch from its `eval_logits`, the loss in float32."""
+    kw = dict(spec=spec, dtype=dtype, model_state=model_state, flip=flip)
+    logits = eval_logits(params, x_BHWC, **kw)
     return losses.cross_entropy(logits, labels_B), jnp.argmax(logits, axis=-1)
 
 
