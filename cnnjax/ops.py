@@ -214,7 +214,8 @@ def max_pool_reduce_window(x_HWC, window, stride=None, padding: Padding = "VALID
     is XLA's select-and-scatter (the first arg-max takes the error), which XLA:CPU lowers to
     index tensors and a scatter: in the reference CNN's jax.grad step (batch 128) that made the
     whole step ~2x slower than with `max_pool_tiled`. The gradient checks differentiate this
-    form as their reference (layers.MaxPool.autodiff_reference)."""
+    form as their reference (layers.MaxPool.autodiff_reference); forward only, XLA:CPU fuses it
+    into a faster kernel than the selects (layers.MaxPool evaluates with it)."""
     window_hw, stride_hw, pads = _pool_args(x_HWC, window, stride, padding)
     floor = -jnp.inf  # a Python scalar: lax recognises max-with-identity and differentiates it
     if not jnp.issubdtype(x_HWC.dtype, jnp.inexact):

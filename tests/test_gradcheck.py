@@ -306,6 +306,14 @@ def test_max_pool_checks_jax_grad_of_its_fast_form_against_reduce_window():
     }
 
 
+def test_max_pool_gives_the_same_values_in_train_and_eval_mode():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(9, 8, 3)), jnp.float32)
+    layer = models.MaxPool(2)
+    train = layer.apply({}, x, layers.Context(True, None, {}))
+    np.testing.assert_array_equal(train, layer.apply({}, x, layers.EVAL))
+    np.testing.assert_array_equal(train, layer.autodiff_reference({}, x, layers.EVAL))
+
+
 def test_a_network_with_max_pool_checks_jax_grad_of_apply_too():
     rows = gradcheck.check_network(
         (*models.REFERENCE_CNN[:3], models.Flatten(), models.Dense(3)), (8, 8, 1), rng(), "float64"

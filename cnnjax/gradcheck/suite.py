@@ -237,7 +237,7 @@ def check_network(
     has BatchNorm or Dropout) the loss runs on the batch's statistics (the rules through them
     checked whole) and Dropout's masks from a key drawn from `rng`; the state is init_state's."""
     if train is None:
-        train = any(isinstance(layer, layers.BatchNorm | layers.Dropout) for layer in _flat(spec))
+        train = _has_mode(spec)
     with x64(dtype):
         params, x, labels = _network_inputs(spec, input_shape, rng, dtype, batch)
         state = jax.tree.map(lambda a: a.astype(dtype), models.init_state(spec, input_shape))
@@ -255,8 +255,13 @@ def check_network(
     def custom_vjp(p, dy):
         return jax.vjp(functools.partial(loss, fns=fns), p)[1](dy)[0], None
 
-    def autodiff(p, dy):  # jax.grad of the layers' apply, the training step's "autodiff"
-        return jax.vjp(functools.partial(loss, fns=models.PLAIN), p)[1](dy)[0], None
+    # jax.grad of the layers' apply as the training step takes it: in train mode, which for a
+    # spec without BatchNorm or Dropout computes what eval mode does (a pool's form aside).
+    trained = dict(kw, train=True) if train or not _has_mode(spec) else kw
+
+    def autodiff(p, dy):
+        f = lambda p: models.loss(p, x, labels, spec, **trained, fns=models.PLAIN)  # noqa: E731
+        return jax.vjp(f, p)[1](dy)[0], None
 
     hands = [Hand(" hand", hand, True), Hand(" custom_vjp", custom_vjp, False)]
     if any(_fast_form(layer) for layer in _flat(spec)):
@@ -265,6 +270,11 @@ def check_network(
     rows, want, (got, *_) = check_hands(loss, loss, hands, (params,), dtype=dtype, rng=rng, **where)
     tol = TOL_AUTODIFF[dtype]
     return [compare(f"{prefix}/loss hand vs autodiff", case, dtype, got, want, tol), *rows]
+
+
+def _has_mode(spec) -> bool:
+    """Whether train and eval mode compute different things: BatchNorm or Dropout."""
+    return any(isinstance(layer, layers.BatchNorm | layers.Dropout) for layer in _flat(spec))
 
 
 def _fast_form(layer) -> bool:
