@@ -5,8 +5,8 @@ a short one).
     python -m experiments.train --config configs/mnist_fast.py --workdir runs/mnist_fast
     python -m experiments.benchmark --time_to_accuracy=runs/mnist_fast
 
-Measured (README: Performance): 99% test accuracy after 2 epochs, 99.35% after 3, where
-configs/mnist.py reaches 99% after 3 epochs of its 12.
+Measured (README: Performance): 99% test accuracy after 2 epochs (22.2 s of training), 99.06%
+after 3, where configs/mnist.py reaches 99% after 3 epochs of its 12 (31.7 s).
 """
 
 from configs import mnist
