@@ -5,8 +5,9 @@ probabilities (softmax of each member's logits, test-time flips as its config sa
     mean_probability[n, k] = (1 / M) sum_m softmax(logits_m[n])[k]
     prediction[n] = argmax_k mean_probability[n, k],  loss = mean_n -log mean_probability[n, y_n]
 
-The members are read from the sweep's results.jsonl (a row per member, with the population
-directory and the member's index in it); members that diverged are left out and named.
+The members are the rows of the sweep's results.jsonl; where each was checkpointed (its
+population's directory and its index there) comes from the stage file of the stage it ended
+at. Members that diverged are left out and named. Every member must have the same test split.
 """
 
 from __future__ import annotations
@@ -99,22 +100,26 @@ def evaluate(config, axes, directory) -> dict:
         )
     rows = _rows(directory)
     kept = [row for row in rows if not row.get("diverged_at")]
+    if not kept:
+        raise SweepError(f"{directory}: every member diverged; there is no ensemble to evaluate")
     mesh = parallel.make_mesh(jax.devices()[:1])
-    cache: dict = {}
-    members, probabilities, labels = [], [], None
+    feeds: dict[str, tuple] = {}  # data config -> (train feed, test split), loaded once each
+    pops: dict[str, population.Population] = {}  # population directory -> its checkpoint
+    members, probabilities = [], []
     for row in kept:
         member_config = grid.member_config(config, row["overrides"])
-        key = grid.program_key(member_config)
-        if key not in cache:
+        data_key = json.dumps(member_config.data.to_dict(), sort_keys=True)
+        if data_key not in feeds:
             splits = run.load_splits(member_config)
-            feeds = run.make_feeds(member_config, splits[:2], mesh)
-            cache[key] = (feeds, splits[1])
-        feeds, (images, labels) = cache[key]
-        size = row["members_in_population"]
-        spec = settings.spec(member_config)
-        template = population.template([member_config] * size, spec, feeds[0])
-        pop = population.load(directory / row["directory"], template, row["epochs"])
-        state = population.member(pop, row["index"]).state
+            feeds[data_key] = (run.make_feeds(member_config, splits[:2], mesh)[0], splits[1])
+        train_feed, (images, labels) = feeds[data_key]
+        if row["directory"] not in pops:
+            size, spec = row["members_in_population"], settings.spec(member_config)
+            template = population.template([member_config] * size, spec, train_feed)
+            pops[row["directory"]] = population.load(
+                directory / row["directory"], template, row["epochs"]
+            )
+        state = population.member(pops[row["directory"]], row["index"]).state
         p = member_probabilities(state, member_config, np.asarray(images))
         probabilities.append(p)
         one = combine(p[None], np.asarray(labels))
@@ -125,6 +130,13 @@ def evaluate(config, axes, directory) -> dict:
                 test_accuracy=one["accuracy"],
                 test_loss=one["loss"],
             )
+        )
+    tests = {key: split[1] for key, (_, split) in feeds.items()}
+    labels = next(iter(tests.values()))
+    if any(len(t) != len(labels) or np.any(t != labels) for t in tests.values()):
+        raise SweepError(
+            "the sweep's members are evaluated on different test splits (the sweep changes "
+            "data fields); an ensemble needs one"
         )
     ensemble = combine(np.stack(probabilities), np.asarray(labels))
     left_out = [row["member"] for row in rows if row.get("diverged_at")]
