@@ -1,7 +1,8 @@
 """The small residual network (cnnjax.models.RESNET_SMALL) on MNIST, three seeds in one sweep:
 the single models' mean ± std, and (python -m experiments.evaluate --ensemble) their ensemble.
 
-    python -m experiments.sweep --config configs/mnist_resnet_seeds.py --workdir runs/mnist_resnet_seeds
+    python -m experiments.sweep --config configs/mnist_resnet_seeds.py \\
+        --workdir runs/mnist_resnet_seeds
     python -m experiments.evaluate --ensemble --config configs/mnist_resnet_seeds.py \\
         --workdir runs/mnist_resnet_seeds
 
