@@ -111,6 +111,7 @@ def evaluate(config, axes, directory) -> dict:
         data_key = json.dumps(member_config.data.to_dict(), sort_keys=True)
         if data_key not in feeds:
             splits = run.load_splits(member_config)
+            _check_one_test_split(feeds, splits[1])
             feeds[data_key] = (run.make_feeds(member_config, splits[:2], mesh)[0], splits[1])
         train_feed, (images, labels) = feeds[data_key]
         if row["directory"] not in pops:
@@ -131,16 +132,27 @@ def evaluate(config, axes, directory) -> dict:
                 test_loss=one["loss"],
             )
         )
-    tests = {key: split[1] for key, (_, split) in feeds.items()}
-    labels = next(iter(tests.values()))
-    if any(len(t) != len(labels) or np.any(t != labels) for t in tests.values()):
-        raise SweepError(
-            "the sweep's members are evaluated on different test splits (the sweep changes "
-            "data fields); an ensemble needs one"
-        )
+    labels = next(iter(feeds.values()))[1][1]
     ensemble = combine(np.stack(probabilities), np.asarray(labels))
     left_out = [row["member"] for row in rows if row.get("diverged_at")]
     return dict(members=members, left_out=left_out, ensemble=dict(ensemble, members=len(kept)))
+
+
+def _check_one_test_split(feeds: dict, test: tuple) -> None:
+    """Refuses, before another member is evaluated, a data config whose test split (images,
+    labels) differs from the one the members so far were evaluated on: an ensemble averages
+    predictions for the same examples."""
+    if not feeds:
+        return
+    first = next(iter(feeds.values()))[1]
+    same = all(
+        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, test, strict=True)
+    )
+    if not same:
+        raise SweepError(
+            "the sweep's members are evaluated on different test splits (the sweep changes "
+            "data fields that choose the data set); an ensemble needs one"
+        )
 
 
 def format_report(result: dict) -> str:

@@ -45,3 +45,36 @@ def test_a_sweeps_members_and_their_ensemble_from_its_checkpoints(dataset, tmp_p
         ensemble.evaluate(config, [{"seed": [0, 1]}], tmp_path / "sweep")
     with pytest.raises(grid.SweepError, match=r"holds no sweep\.json"):
         ensemble.evaluate(config, axes, tmp_path)
+
+
+def test_members_on_another_test_split_are_refused_before_they_are_evaluated(
+    dataset, tmp_path, monkeypatch
+):
+    # Shifts change the training images only, so members with and without them share the test
+    # split and make one ensemble. Where a data config brings another test split (here: the
+    # loader gives shifted members' test labels rolled by one), the first member of that config
+    # is refused before its evaluation, not after every member's.
+    config = sweep_config(dataset, max_members=2)
+    axes = [{"data.shift": [0, 1]}]
+    sweep.fit(config, axes, tmp_path / "sweep")
+    assert ensemble.evaluate(config, axes, tmp_path / "sweep")["ensemble"]["members"] == 2
+
+    load_splits, evaluated = ensemble.run.load_splits, []
+
+    def other_test_split_when_shifted(member_config):
+        splits = load_splits(member_config)
+        if member_config.data.shift:
+            images, labels = splits[1]
+            splits[1] = (images, np.roll(labels, 1))
+        return splits
+
+    def counted(state, member_config, images, *args, **kw):
+        evaluated.append(member_config.data.shift)
+        return member_probabilities(state, member_config, images, *args, **kw)
+
+    member_probabilities = ensemble.member_probabilities
+    monkeypatch.setattr(ensemble.run, "load_splits", other_test_split_when_shifted)
+    monkeypatch.setattr(ensemble, "member_probabilities", counted)
+    with pytest.raises(grid.SweepError, match="different test splits"):
+        ensemble.evaluate(config, axes, tmp_path / "sweep")
+    assert evaluated == [0]
