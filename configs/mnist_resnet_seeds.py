@@ -7,7 +7,8 @@ the single models' mean ± std, and (python -m experiments.evaluate --ensemble) 
         --workdir runs/mnist_resnet_seeds
 
 configs/resnet_small.py's recipe with MNIST's augmentation (shifts of up to 2 pixels, no flips,
-no test-time flips), 8 epochs of 937 steps of 64.
+no test-time flips), 16 epochs of 937 steps of 64 (README: Training has the measured result;
+--config.train.epochs=8 gives its shorter row).
 """
 
 from configs import resnet_small
@@ -19,7 +20,7 @@ def get_config():
     config.data.flip = False  # a mirrored digit is another symbol
     config.data.shift = 2
     config.train.eval_flip = False
-    config.train.epochs = 8
+    config.train.epochs = 16
     return config
 
 
