@@ -61,6 +61,7 @@ def run(main) -> None:
     """absl's app.run(main), with the errors people can fix as one line and exit status 2."""
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS["debug"])  # in --help
     threading.excepthook = _thread_error
+    sys.unraisablehook = _unraisable
     app.run(functools.partial(_guarded, main), flags_parser=_parse_flags)
 
 
@@ -91,6 +92,18 @@ def _thread_error(args) -> None:
     it as a traceback; any other goes to Python's own hook."""
     if debugging() or args.exc_value is None or explain(args.exc_value) is None:
         threading.__excepthook__(args)
+
+
+def _unraisable(unraisable) -> None:
+    """sys.unraisablehook: after a failed checkpoint read or write, an asyncio callback of the
+    checkpointing library can outlive its event loop ("Event loop is closed"), and Python prints
+    that as an ignored exception among the run's lines (seen under load on the newest lock).
+    It says nothing about the run, so it is dropped unless --debug; any other goes to Python's
+    own hook."""
+    exc = unraisable.exc_value
+    closed_loop = isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+    if debugging() or not closed_loop:
+        sys.__unraisablehook__(unraisable)
 
 
 def _parse_flags(argv):

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,23 @@ def test_explain_finds_the_os_error_under_the_wrappers(parsed_flags):
     assert experiments.explain(ValueError("a bug")) is None  # keeps its traceback
     assert experiments.explain(ConnectionError(errno.ECONNREFUSED, "refused")) is None
     assert experiments.explain(idx.CorruptFile("x: truncated")) == "x: truncated"
+
+
+def test_a_closed_event_loops_ignored_exception_is_not_printed_among_a_runs_lines(monkeypatch):
+    # Python reports an exception raised where nothing can catch it (an asyncio callback of the
+    # checkpointing library after its loop closed) through sys.unraisablehook; the entry points'
+    # hook drops that one report and passes every other to Python's own.
+    reported = []
+    monkeypatch.setattr(sys, "__unraisablehook__", reported.append)
+    monkeypatch.delenv("CNNJAX_DEBUG", raising=False)
+
+    def unraisable(exc):
+        return types.SimpleNamespace(
+            exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None, object=None
+        )
+
+    experiments._unraisable(unraisable(RuntimeError("Event loop is closed")))
+    assert reported == []
+    other = unraisable(RuntimeError("something else"))
+    experiments._unraisable(other)
+    assert reported == [other]
