@@ -103,7 +103,8 @@ def evaluate(config, axes, directory) -> dict:
     if not kept:
         raise SweepError(f"{directory}: every member diverged; there is no ensemble to evaluate")
     mesh = parallel.make_mesh(jax.devices()[:1])
-    feeds: dict[str, tuple] = {}  # data config -> (train feed, test split), loaded once each
+    feeds: dict[str, object] = {}  # data config -> its train feed, loaded once each
+    test_split = None  # (images, labels): the one every member is evaluated on
     pops: dict[str, population.Population] = {}  # population directory -> its checkpoint
     members, probabilities = [], []
     for row in kept:
@@ -111,9 +112,9 @@ def evaluate(config, axes, directory) -> dict:
         data_key = json.dumps(member_config.data.to_dict(), sort_keys=True)
         if data_key not in feeds:
             splits = run.load_splits(member_config)
-            _check_one_test_split(feeds, splits[1])
-            feeds[data_key] = (run.make_feeds(member_config, splits[:2], mesh)[0], splits[1])
-        train_feed, (images, labels) = feeds[data_key]
+            test_split = _one_test_split(test_split, splits[1])
+            feeds[data_key] = run.make_feeds(member_config, splits[:2], mesh)[0]
+        train_feed, (images, labels) = feeds[data_key], test_split
         if row["directory"] not in pops:
             size, spec = row["members_in_population"], settings.spec(member_config)
             template = population.template([member_config] * size, spec, train_feed)
@@ -132,27 +133,23 @@ def evaluate(config, axes, directory) -> dict:
                 test_loss=one["loss"],
             )
         )
-    labels = next(iter(feeds.values()))[1][1]
-    ensemble = combine(np.stack(probabilities), np.asarray(labels))
+    ensemble = combine(np.stack(probabilities), np.asarray(test_split[1]))
     left_out = [row["member"] for row in rows if row.get("diverged_at")]
     return dict(members=members, left_out=left_out, ensemble=dict(ensemble, members=len(kept)))
 
 
-def _check_one_test_split(feeds: dict, test: tuple) -> None:
-    """Refuses, before another member is evaluated, a data config whose test split (images,
-    labels) differs from the one the members so far were evaluated on: an ensemble averages
-    predictions for the same examples."""
-    if not feeds:
-        return
-    first = next(iter(feeds.values()))[1]
-    same = all(
-        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, test, strict=True)
-    )
-    if not same:
+def _one_test_split(first, test):
+    """The test split (images, labels) of the members so far (None: no member yet), which a new
+    data config's `test` must equal, refused before its members are evaluated: an ensemble
+    averages predictions for the same examples."""
+    if first is not None and not all(
+        np.array_equal(a, b) for a, b in zip(first, test, strict=True)
+    ):
         raise SweepError(
             "the sweep's members are evaluated on different test splits (the sweep changes "
             "data fields that choose the data set); an ensemble needs one"
         )
+    return test if first is None else first
 
 
 def format_report(result: dict) -> str:
